@@ -1,0 +1,70 @@
+"""Eigen-CAM (Muhammad & Yeasin, 2020) and Eigen-Grad-CAM: first principal component maps."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from captum_cam_ext._engine import CamAttribution
+
+
+def first_component_weights(values: Tensor) -> Tensor:
+    """Channel weights ``(N, K, 1, 1)``: the first right singular vector of the centred
+    position-by-channel matrix of ``values`` ``(N, K, h, w)``, batched (one SVD call).
+
+    The sign of a singular vector is arbitrary; we fix it so that the projection's largest
+    absolute value is positive (the map highlights the dominant pattern, not its negative).
+    """
+    n, k = values.shape[:2]
+    x = values.reshape(n, k, -1).transpose(1, 2)  # (N, P, K)
+    x = x - x.mean(dim=1, keepdim=True)
+    x = torch.nan_to_num(x)
+    _, _, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    v = vh[:, 0, :]  # (N, K)
+    proj = torch.einsum("npk,nk->np", x.double(), v)
+    idx = proj.abs().argmax(dim=1, keepdim=True)
+    sign = torch.sign(proj.gather(1, idx)).clamp_min(0) * 2 - 1
+    return (v * sign).to(values.dtype)[:, :, None, None]
+
+
+def _centred_sum(weighted: Tensor) -> Tensor:
+    """``sum_k weighted_k(p)`` minus its spatial mean: the projection of centred data."""
+    values = weighted.sum(dim=1, keepdim=True)
+    return values - values.mean(dim=(2, 3), keepdim=True)
+
+
+class LayerEigenCam(CamAttribution):
+    r"""Eigen-CAM: the projection of the centred activations on their first principal component.
+
+    Class-agnostic (no gradients, ``target`` only selects the reported outputs). The weights are
+    the component's channel loadings ``(N, K, 1, 1)``; the fused map is
+    :math:`\sum_k v_k (A_k(p) - \bar A_k)`.
+    """
+
+    name = "eigencam"
+    uses_gradients = False
+
+    def cam_weights(self, activations: Tensor, gradients: Optional[Tensor]) -> Tensor:
+        return first_component_weights(activations)
+
+    def fuse(self, activations: Tensor, weights: Tensor) -> Tensor:
+        return _centred_sum(weights * activations)
+
+
+class LayerEigenGradCam(CamAttribution):
+    r"""Eigen-Grad-CAM: the first principal component of gradients * activations.
+
+    The weights are per position, :math:`W_k(p) = v_k\, \partial y^c/\partial A_k(p)`, so that
+    :math:`\sum_k W_k A_k` is the (uncentred) projection; the fused map is centred.
+    """
+
+    name = "eigengradcam"
+
+    def cam_weights(self, activations: Tensor, gradients: Optional[Tensor]) -> Tensor:
+        assert gradients is not None
+        return first_component_weights(gradients * activations) * gradients
+
+    def fuse(self, activations: Tensor, weights: Tensor) -> Tensor:
+        return _centred_sum(weights * activations)
