@@ -337,9 +337,7 @@ def norm_gradient(sigma: Tensor, aperture: Tensor) -> Tensor:
     return 4.0 * (s.pow(2) * (1.0 - s)).sum(-1)
 
 
-def auto_aperture(
-    R: Tensor, grid_size: int = 129, rtol: Optional[float] = None
-) -> Tensor:
+def auto_aperture(R: Tensor, grid_size: int = 129, rtol: Optional[float] = None) -> Tensor:
     """Aperture maximising Jaeger's norm-gradient criterion, per matrix of the batch.
 
     ``alpha* = argmax_alpha d ||C(R, alpha)||_F^2 / d log alpha``: the aperture at which the

@@ -52,14 +52,18 @@ _POSITIVE_DATA = ("positive", "signed")
 def _check_aperture(value: Any, name: str) -> ApertureSpec:
     if isinstance(value, str):
         if value not in ("auto", "sqrt_dim"):
-            raise ValueError(f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {value!r}")
+            raise ValueError(
+                f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {value!r}"
+            )
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {type(value).__name__}"
+        )
     if math.isnan(value) or value <= 0:
         raise ValueError(
-            f"{name} must be > 0 (got {value}); use e.g. 1..50, math.inf (projector, reduces to the "
-            "base CAM without negatives), 'sqrt_dim' or 'auto'"
+            f"{name} must be > 0 (got {value}); use e.g. 1..50, math.inf (projector, reduces "
+            "to the base CAM without negatives), 'sqrt_dim' or 'auto'"
         )
     return float(value)
 
@@ -73,7 +77,9 @@ def _correlation(Z: Tensor, layout: str) -> Tuple[Tensor, Tensor]:
     return 0.5 * (R + R.transpose(1, 2)), nonzero
 
 
-def _apertures(spec: ApertureSpec, R: Tensor, dim: int, rtol: Optional[float]) -> Union[float, Tensor]:
+def _apertures(
+    spec: ApertureSpec, R: Tensor, dim: int, rtol: Optional[float]
+) -> Union[float, Tensor]:
     if spec == "auto":
         return auto_aperture(R, rtol=rtol)
     if spec == "sqrt_dim":
@@ -131,7 +137,11 @@ def conceptor_fusion(
         raise ValueError(f"activations must be (B, K, h, w), got {tuple(activations.shape)}")
     b, k, h, w = activations.shape
     p = h * w
-    if weights.dim() != 4 or weights.shape[:2] != (b, k) or tuple(weights.shape[2:]) not in ((1, 1), (h, w)):
+    if (
+        weights.dim() != 4
+        or weights.shape[:2] != (b, k)
+        or tuple(weights.shape[2:]) not in ((1, 1), (h, w))
+    ):
         raise ValueError(
             f"weights must be (B, K, 1, 1) or (B, K, h, w) = {(b, k, 1, 1)} or {(b, k, h, w)}, "
             f"got {tuple(weights.shape)}"
@@ -149,7 +159,11 @@ def conceptor_fusion(
     if positive_data not in _POSITIVE_DATA:
         raise ValueError(f"positive_data must be one of {_POSITIVE_DATA}, got {positive_data!r}")
     aperture = _check_aperture(aperture, "aperture")
-    neg_ap = aperture if negative_aperture is None else _check_aperture(negative_aperture, "negative_aperture")
+    neg_ap = (
+        aperture
+        if negative_aperture is None
+        else _check_aperture(negative_aperture, "negative_aperture")
+    )
 
     A = activations.detach().reshape(b, k, p).to(torch.float64)
     W = weights.detach().reshape(b, k, -1).to(torch.float64)
@@ -159,7 +173,10 @@ def conceptor_fusion(
     for a_j, w_j in competitor_data:
         if not bool(torch.isfinite(a_j).all()) or not bool(torch.isfinite(w_j).all()):
             raise ValueError("competitor activations/weights contain NaN or inf values")
-        negs.append(torch.relu(w_j.detach().reshape(b, k, -1).to(torch.float64)) * a_j.detach().reshape(b, k, p).to(torch.float64))
+        negs.append(
+            torch.relu(w_j.detach().reshape(b, k, -1).to(torch.float64))
+            * a_j.detach().reshape(b, k, p).to(torch.float64)
+        )
     if negative_channels:
         negs.append(torch.relu(-W) * A)
 
@@ -266,13 +283,22 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
     ) -> None:
         if isinstance(base, CamAttribution):
             if base_kwargs:
-                raise ValueError("base_kwargs can only be used when base is a class, not an instance")
+                raise ValueError(
+                    "base_kwargs can only be used when base is a class, not an instance"
+                )
             if base.forward_func is not forward_func:
-                raise ValueError("base was built for another forward_func; pass the same model to both")
+                raise ValueError(
+                    "base was built for another forward_func; pass the same model to both"
+                )
             if layer is not None:
                 given = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]
-                if len(given) != len(base.layers) or any(a is not b for a, b in zip(given, base.layers)):
-                    raise ValueError("layer differs from the base instance's layer(s); omit layer or make them match")
+                if len(given) != len(base.layers) or any(
+                    a is not b for a, b in zip(given, base.layers)
+                ):
+                    raise ValueError(
+                        "layer differs from the base instance's layer(s); "
+                        "omit layer or make them match"
+                    )
             self.base = base
         elif isinstance(base, type) and issubclass(base, CamAttribution):
             if layer is None:
@@ -284,7 +310,11 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
                 f"got {base!r}"
             )
         self.aperture = _check_aperture(aperture, "aperture")
-        self.negative_aperture = None if negative_aperture is None else _check_aperture(negative_aperture, "negative_aperture")
+        self.negative_aperture = (
+            None
+            if negative_aperture is None
+            else _check_aperture(negative_aperture, "negative_aperture")
+        )
         if negatives not in _NEGATIVES:
             raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -294,7 +324,9 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
         if positive_data not in _POSITIVE_DATA:
-            raise ValueError(f"positive_data must be one of {_POSITIVE_DATA}, got {positive_data!r}")
+            raise ValueError(
+                f"positive_data must be one of {_POSITIVE_DATA}, got {positive_data!r}"
+            )
         self.negatives = negatives
         self.k = k
         self.combine = combine
@@ -319,15 +351,20 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         n_classes = outputs.shape[1]
         if self.k > n_classes - 1:
             raise ValueError(
-                f"k={self.k} competitor classes requested but the model has only {n_classes} classes "
-                f"(at most {n_classes - 1} competitors); lower k"
+                f"k={self.k} competitor classes requested but the model has only {n_classes} "
+                f"classes (at most {n_classes - 1} competitors); lower k"
             )
         scores = outputs.detach().float().clone()
         scores.scatter_(1, index[:, None], -math.inf)
         return scores.topk(self.k, dim=1).indices  # (N, k)
 
     def _one_pass(
-        self, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]], target: TargetSpec, to_input: bool, backward_rule: str
+        self,
+        inputs: Tuple[Tensor, ...],
+        args: Optional[Tuple[Any, ...]],
+        target: TargetSpec,
+        to_input: bool,
+        backward_rule: str,
     ) -> List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]:
         """Gradient bases with competitor classes: one forward, one backward per class."""
         base = self.base
@@ -338,25 +375,40 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
                 acts = rec.activations()
             if not isinstance(out, Tensor):
                 raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
-            index = None if (callable(target) and not isinstance(target, Tensor)) else resolve_target(out, target)
+            index = (
+                None
+                if (callable(target) and not isinstance(target, Tensor))
+                else resolve_target(out, target)
+            )
             classes = torch.cat([index[:, None], self._competitors(out, index)], dim=1)  # type: ignore[index]
             per_class: List[List[Tensor]] = []
             for j in range(classes.shape[1]):
                 score = out.gather(1, classes[:, j : j + 1]).sum()
                 if score.requires_grad:
-                    got = torch.autograd.grad(score, acts, retain_graph=j < classes.shape[1] - 1, allow_unused=True)
-                    per_class.append([torch.zeros_like(a) if g is None else g for a, g in zip(acts, got)])
+                    got = torch.autograd.grad(
+                        score, acts, retain_graph=j < classes.shape[1] - 1, allow_unused=True
+                    )
+                    per_class.append(
+                        [torch.zeros_like(a) if g is None else g for a, g in zip(acts, got)]
+                    )
                 else:
                     per_class.append([torch.zeros_like(a) for a in acts])
         result = []
         for li, (a, layer) in enumerate(zip(acts, base.layers)):
             A = base._to_maps(a.detach(), layer).float()
-            ws = [base.cam_weights(A, base._to_maps(g[li].detach(), layer).float()) for g in per_class]
+            ws = [
+                base.cam_weights(A, base._to_maps(g[li].detach(), layer).float()) for g in per_class
+            ]
             result.append((A, ws[0], base.fuse(A, ws[0]), [(A, w) for w in ws[1:]]))
         return result
 
     def _gather(
-        self, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]], target: TargetSpec, to_input: bool, backward_rule: str
+        self,
+        inputs: Tuple[Tensor, ...],
+        args: Optional[Tuple[Any, ...]],
+        target: TargetSpec,
+        to_input: bool,
+        backward_rule: str,
     ) -> List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]:
         """Per layer: activations, target weights, base map, competitor (activations, weights)."""
         base = self.base
@@ -372,7 +424,9 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
                     comps[li].append((d.activations, d.weights))
         return [(d.activations, d.weights, d.cam, c) for d, c in zip(details, comps)]
 
-    def _fuse_all(self, gathered: List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]) -> List[Tensor]:
+    def _fuse_all(
+        self, gathered: List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]
+    ) -> List[Tensor]:
         return [
             conceptor_fusion(
                 A,
@@ -401,7 +455,9 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         """Raw conceptor maps ``s = C m`` (before ReLU), one ``(N, 1, h, w)`` tensor per layer."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        return self._fuse_all(self._gather(tup, args, target, attribute_to_layer_input, backward_rule))
+        return self._fuse_all(
+            self._gather(tup, args, target, attribute_to_layer_input, backward_rule)
+        )
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -431,15 +487,22 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         base._check_post_args(interpolate_mode, internal_batch_size)
         n = tup[0].shape[0]
         if upsample_to_input and tup[0].dim() < 3:
-            raise ValueError(f"upsample_to_input needs spatial inputs (N, C, H, W), got {tuple(tup[0].shape)}")
+            raise ValueError(
+                f"upsample_to_input needs spatial inputs (N, C, H, W), got {tuple(tup[0].shape)}"
+            )
         input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
         parts = []
         for start, stop in base._chunks(n, internal_batch_size):
             sub = tuple(x[start:stop] for x in tup)
             gathered = self._gather(
-                sub, slice_args(args, start, stop, n), base._slice_target(target, start, stop, n),
-                attribute_to_layer_input, backward_rule,
+                sub,
+                slice_args(args, start, stop, n),
+                base._slice_target(target, start, stop, n),
+                attribute_to_layer_input,
+                backward_rule,
             )
             maps = self._fuse_all(gathered)
-            parts.append(base._postprocess(maps, input_size, relu_attributions, interpolate_mode, normalize))  # type: ignore[arg-type]
+            parts.append(
+                base._postprocess(maps, input_size, relu_attributions, interpolate_mode, normalize)
+            )  # type: ignore[arg-type]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
