@@ -516,7 +516,9 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         if len(cams) == 1:
             out = cams[0]
             if input_size is not None:
-                out = upsample_maps(out, input_size, interpolate_mode)
+                # normalising before the resize too keeps a constant map exactly constant
+                # (interpolation rounding would otherwise be blown up by the min-max)
+                out = upsample_maps(normalize_maps(out) if normalize else out, input_size, interpolate_mode)
         else:
             size = input_size or max((tuple(c.shape[-2:]) for c in cams), key=lambda s: s[0] * s[1])
             out = torch.stack([normalize_maps(upsample_maps(c, size, interpolate_mode)) for c in cams]).mean(0)
