@@ -11,9 +11,11 @@ broadcast between the two arguments of the binary operations), works in float64 
 
 Numerical conventions
 ---------------------
-* Eigenvalues below ``rtol * max_eigenvalue`` are treated as exactly zero (``rtol`` defaults to
-  ``N * eps`` of the input dtype, as in ``torch.linalg.matrix_rank``). This decides the range of a
-  matrix, which matters for ``conjunction`` (range-intersection form) and for infinite apertures.
+* Eigenvalues below ``rtol * max_eigenvalue`` are treated as exactly zero. This decides the range
+  of a matrix, which matters for ``conjunction`` (range-intersection form) and for infinite
+  apertures. ``rtol`` defaults to ``N * eps`` of the input dtype (as ``torch.linalg.matrix_rank``)
+  for correlation matrices, and to ``max(N * eps, 1e-10)`` for conceptors, which are often
+  results of earlier operations with round-off on their null space.
 * ``conjunction`` is the general (possibly singular) form
   ``C AND B = V (V^T (C^+ + B^+ - I) V)^-1 V^T`` with ``V`` an orthonormal basis of
   ``range(C) ∩ range(B)``; it equals ``(C^-1 + B^-1 - I)^-1`` when both are invertible.
@@ -77,6 +79,9 @@ def _check_matrix(M: Tensor, name: str) -> Tensor:
 
 
 def _out_dtype(*tensors: Tensor) -> torch.dtype:
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (..., N, N), got {type(t)!r}")
     dt = tensors[0].dtype if tensors[0].is_floating_point() else torch.get_default_dtype()
     for t in tensors[1:]:
         dt = torch.promote_types(dt, t.dtype if t.is_floating_point() else dt)
@@ -87,6 +92,12 @@ def _default_rtol(n: int, dtype: torch.dtype) -> float:
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
     return n * torch.finfo(dtype).eps
+
+
+def _range_rtol(n: int, dtype: torch.dtype) -> float:
+    """Threshold deciding the range of a *computed* conceptor (results of earlier operations
+    carry round-off of a few eps on their null space, so ``N * eps`` is too tight)."""
+    return max(_default_rtol(n, dtype), 1e-10)
 
 
 def _as_aperture(aperture: ApertureLike, name: str, allow_zero: bool = False) -> Tensor:
@@ -188,7 +199,8 @@ def adapt_aperture(C: Tensor, gamma: ApertureLike, rtol: Optional[float] = None)
     gamma : float or Tensor broadcastable to C.shape[:-2]
         Adaptation factor in ``[0, inf]`` (0 and inf are the continuity limits).
     rtol : float, optional
-        Eigenvalues within ``rtol`` of 0 (resp. 1) are treated as exactly 0 (resp. 1).
+        For the limits only: eigenvalues ``<= rtol`` count as 0 (``gamma = inf``) and
+        ``>= 1 - rtol`` as 1 (``gamma = 0``); default ``max(N * eps, 1e-10)``.
 
     Returns
     -------
@@ -198,18 +210,15 @@ def adapt_aperture(C: Tensor, gamma: ApertureLike, rtol: Optional[float] = None)
     C64 = _check_matrix(C, "C")
     g = _as_aperture(gamma, "gamma", allow_zero=True)
     s, U = _conceptor_spectrum(C64, "C", dtype)
-    tol = rtol if rtol is not None else _default_rtol(C64.shape[-1], dtype)
-    s = torch.where(s <= tol, torch.zeros_like(s), s)
-    s = torch.where(s >= 1 - tol, torch.ones_like(s), s)
+    tol = rtol if rtol is not None else _range_rtol(C64.shape[-1], dtype)
     gb = _batched_param(g, s)
     zero = torch.zeros_like(s)
     one = torch.ones_like(s)
-    inv_g2 = torch.where(gb > 0, gb.pow(-2.0), torch.full_like(gb, math.inf))
-    finite = torch.where(
-        s >= 1, one, torch.where(s <= 0, zero, s / (s + inv_g2.clamp_max(1e300) * (1 - s)))
-    )
-    s_inf = torch.where(s > 0, one, zero)
-    s_zero = torch.where(s >= 1, one, zero)
+    inv_g2 = torch.where(gb > 0, gb.pow(-2.0), torch.full_like(gb, math.inf)).clamp_max(1e300)
+    finite = torch.where(s >= 1, one, torch.where(s <= 0, zero, s / (s + inv_g2 * (1 - s))))
+    # the limits decide "zero" / "one" with a tolerance (computed conceptors carry round-off)
+    s_inf = torch.where(s > tol, one, zero)
+    s_zero = torch.where(s >= 1 - tol, one, zero)
     new = torch.where(torch.isinf(gb), s_inf, torch.where(gb == 0, s_zero, finite))
     return _compose(U, new).to(dtype)
 
@@ -238,7 +247,8 @@ def conjunction(C: Tensor, B: Tensor, rtol: Optional[float] = None) -> Tensor:
     C, B : Tensor, shape (..., N, N)
         Conceptors; batch dimensions broadcast.
     rtol : float, optional
-        Relative eigenvalue threshold deciding the ranges (default ``N * eps`` of the dtype).
+        Eigenvalues ``<= rtol * max_eigenvalue`` count as zero when deciding the ranges (default
+        ``max(N * eps, 1e-10)``).
 
     Returns
     -------
@@ -255,7 +265,7 @@ def conjunction(C: Tensor, B: Tensor, rtol: Optional[float] = None) -> Tensor:
     n = C64.shape[-1]
     C64 = C64.expand(*batch, n, n)
     B64 = B64.expand(*batch, n, n)
-    tol = rtol if rtol is not None else _default_rtol(n, dtype)
+    tol = rtol if rtol is not None else _range_rtol(n, dtype)
 
     sC, UC = _conceptor_spectrum(C64, "C", dtype)
     sB, UB = _conceptor_spectrum(B64, "B", dtype)
@@ -267,7 +277,8 @@ def conjunction(C: Tensor, B: Tensor, rtol: Optional[float] = None) -> Tensor:
     null_sum = _compose(UC, nullC.to(torch.float64)) + _compose(UB, nullB.to(torch.float64))
     mu, W = _eigh(null_sum)
     # mu = 1 - cos(principal angle) between the two ranges; ~0 on the intersection
-    inter = mu <= max(math.sqrt(tol), 1e-10)
+    # (an error d in the null-space projectors moves mu by ~d^2, so a tolerance of 10 tol is ample)
+    inter = mu <= 10.0 * tol
     eye = torch.eye(n, dtype=torch.float64, device=C64.device)
     T = W.transpose(-1, -2) @ (pinv_C + pinv_B - eye) @ W
     mask2 = inter.unsqueeze(-1) & inter.unsqueeze(-2)
