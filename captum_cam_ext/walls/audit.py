@@ -1,4 +1,4 @@
-"""The see-through-walls audit: train a blind model once, measure every CAM's leakage behind the wall.
+"""The see-through-walls audit: train a blind model once, measure every CAM's leakage behind it.
 
 :func:`run_audit` is what ``python -m captum_cam_ext.walls audit`` calls.  It trains (or loads from
 the cache) a :class:`~captum_cam_ext.walls.SplitTrunkBlindNet` (or a
@@ -162,7 +162,11 @@ def _unseen(model: nn.Module) -> Tuple[Optional[int], int]:
     """(first unseen feature row or None, first unseen input row)."""
     if isinstance(model, SplitTrunkBlindNet):
         return model.visible_feature_rows, model.split_row
-    first = int(model.unseen_input_rows[0])  # type: ignore[union-attr]
+    if not isinstance(model, DenseWallNet):
+        raise TypeError(
+            f"the audit needs a SplitTrunkBlindNet or a DenseWallNet, got {type(model).__name__}"
+        )
+    first = int(model.unseen_input_rows[0])
     return None, first
 
 

@@ -18,7 +18,7 @@ Two constructions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -232,8 +232,8 @@ class ReceptiveField:
         return int(round(self.start + i * self.jump - (self.size - 1) / 2))
 
 
-def _pair0(v: object) -> int:
-    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)  # type: ignore[arg-type]
+def _pair0(v: Any) -> int:
+    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
 
 
 def receptive_field(layers: Iterable[nn.Module]) -> ReceptiveField:
