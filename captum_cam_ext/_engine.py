@@ -269,7 +269,7 @@ class _LayerRecorder:
                 torch.set_grad_enabled(True)
             self.captured[i].append(value)
             return value.clone()
-        self.captured[i].append(value.detach())
+        self.captured[i].append(value.detach().clone())  # in-place ops later must not alter it
         return value
 
     def __enter__(self) -> _LayerRecorder:
@@ -501,6 +501,8 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
+        self._check_post_args("bilinear", None, backward_rule)
+        self._check_inputs_match_model(tup)
         return self._compute(tup, args, target, attribute_to_layer_input, backward_rule)
 
     def _postprocess(
@@ -524,8 +526,23 @@ class CamAttribution(LayerAttribution, GradientAttribution):
             out = torch.stack([normalize_maps(upsample_maps(c, size, interpolate_mode)) for c in cams]).mean(0)
         return normalize_maps(out) if normalize else out
 
+    def _check_inputs_match_model(self, inputs: Tuple[Tensor, ...]) -> None:
+        if not isinstance(self.forward_func, nn.Module):
+            return
+        dtypes = {p.dtype for p in self.forward_func.parameters() if p.is_floating_point()}
+        if len(dtypes) == 1:
+            (dtype,) = dtypes
+            for i, x in enumerate(inputs):
+                if x.dtype != dtype:
+                    raise TypeError(
+                        f"inputs[{i}] has dtype {x.dtype} but the model's parameters are {dtype}; "
+                        f"convert one to the other (inputs.to({dtype}) or model.to({x.dtype}))"
+                    )
+
     @staticmethod
-    def _check_post_args(interpolate_mode: str, internal_batch_size: Optional[int]) -> None:
+    def _check_post_args(interpolate_mode: str, internal_batch_size: Optional[int], backward_rule: str) -> None:
+        if backward_rule not in _BACKWARD_RULES:
+            raise ValueError(f"backward_rule must be one of {_BACKWARD_RULES}, got {backward_rule!r}")
         if interpolate_mode not in _INTERPOLATE_MODES:
             raise ValueError(f"interpolate_mode must be one of {_INTERPOLATE_MODES}, got {interpolate_mode!r}")
         if internal_batch_size is not None and (
@@ -599,7 +616,8 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        self._check_post_args(interpolate_mode, internal_batch_size)
+        self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
+        self._check_inputs_match_model(tup)
         n = tup[0].shape[0]
         input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
         if upsample_to_input and tup[0].dim() < 3:

@@ -90,6 +90,8 @@ class MultiCam(CamAttribution):
         """The raw fused maps ``{name: [ (N,1,h,w) per layer ]}`` from one pass."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
+        self._check_post_args("bilinear", None, backward_rule)
+        self._check_inputs_match_model(tup)
         return self._maps(tup, args, target, attribute_to_layer_input, backward_rule)
 
     def _maps(self, tup: Any, args: Any, target: TargetSpec, to_input: bool, rule: str) -> Dict[str, List[Tensor]]:
@@ -118,7 +120,8 @@ class MultiCam(CamAttribution):
         """Same arguments as :meth:`CamAttribution.attribute`; returns ``{name: maps}``."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        self._check_post_args(interpolate_mode, internal_batch_size)
+        self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
+        self._check_inputs_match_model(tup)
         n = tup[0].shape[0]
         input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
         parts: Dict[str, List[Tensor]] = {name: [] for name in self.methods}
