@@ -47,6 +47,15 @@ _NEGATIVES = ("none", "classes", "channels", "both")
 _COMBINE = ("and_not", "or_not", "sum")
 _LAYOUTS = ("spatial", "channel")
 _POSITIVE_DATA = ("positive", "signed")
+_INTERPOLATE_MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
+
+
+def _slice_target(target: TargetSpec, start: int, stop: int, n: int) -> TargetSpec:
+    if isinstance(target, Tensor) and target.dim() == 1 and target.shape[0] == n:
+        return target[start:stop]
+    if isinstance(target, (list, tuple)) and len(target) == n:
+        return list(target[start:stop])
+    return target
 
 
 def _check_aperture(value: Any, name: str) -> ApertureSpec:
@@ -380,7 +389,8 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
                 if (callable(target) and not isinstance(target, Tensor))
                 else resolve_target(out, target)
             )
-            classes = torch.cat([index[:, None], self._competitors(out, index)], dim=1)  # type: ignore[index]
+            competitors = self._competitors(out, index)  # raises for a callable target
+            classes = torch.cat([index[:, None], competitors], dim=1)  # type: ignore[index]
             per_class: List[List[Tensor]] = []
             for j in range(classes.shape[1]):
                 score = out.gather(1, classes[:, j : j + 1]).sum()
@@ -484,7 +494,18 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         base = self.base
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        base._check_post_args(interpolate_mode, internal_batch_size)
+        if interpolate_mode not in _INTERPOLATE_MODES:
+            raise ValueError(
+                f"interpolate_mode must be one of {_INTERPOLATE_MODES}, got {interpolate_mode!r}"
+            )
+        if internal_batch_size is not None and (
+            isinstance(internal_batch_size, bool)
+            or not isinstance(internal_batch_size, int)
+            or internal_batch_size < 1
+        ):
+            raise ValueError(
+                f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}"
+            )
         n = tup[0].shape[0]
         if upsample_to_input and tup[0].dim() < 3:
             raise ValueError(
@@ -492,12 +513,14 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
             )
         input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
         parts = []
-        for start, stop in base._chunks(n, internal_batch_size):
+        step = n if internal_batch_size is None else internal_batch_size
+        for start in range(0, n, step):
+            stop = min(start + step, n)
             sub = tuple(x[start:stop] for x in tup)
             gathered = self._gather(
                 sub,
                 slice_args(args, start, stop, n),
-                base._slice_target(target, start, stop, n),
+                _slice_target(target, start, stop, n),
                 attribute_to_layer_input,
                 backward_rule,
             )
