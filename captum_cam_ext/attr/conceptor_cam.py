@@ -13,7 +13,7 @@ reconstruction (see ``docs/conceptor_cam.md`` and the research note), not the au
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union, cast
 
 import torch
 from captum._utils.common import _format_additional_forward_args
@@ -290,29 +290,31 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         base_kwargs: Optional[dict] = None,
         rtol: Optional[float] = None,
     ) -> None:
-        if isinstance(base, CamAttribution):
+        self.base: CamAttribution
+        if isinstance(base, type) and issubclass(base, CamAttribution):
+            if layer is None:
+                raise ValueError("layer is required when base is a class")
+            self.base = base(forward_func, layer, **(base_kwargs or {}))
+        elif isinstance(base, CamAttribution) and not isinstance(base, type):
+            inst = cast(CamAttribution, base)
             if base_kwargs:
                 raise ValueError(
                     "base_kwargs can only be used when base is a class, not an instance"
                 )
-            if base.forward_func is not forward_func:
+            if inst.forward_func is not forward_func:
                 raise ValueError(
                     "base was built for another forward_func; pass the same model to both"
                 )
             if layer is not None:
                 given = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]
-                if len(given) != len(base.layers) or any(
-                    a is not b for a, b in zip(given, base.layers)
+                if len(given) != len(inst.layers) or any(
+                    a is not b for a, b in zip(given, inst.layers)
                 ):
                     raise ValueError(
                         "layer differs from the base instance's layer(s); "
                         "omit layer or make them match"
                     )
-            self.base = base
-        elif isinstance(base, type) and issubclass(base, CamAttribution):
-            if layer is None:
-                raise ValueError("layer is required when base is a class")
-            self.base = base(forward_func, layer, **(base_kwargs or {}))
+            self.base = inst
         else:
             raise TypeError(
                 "base must be a CamAttribution subclass (e.g. LayerGradCam) or an instance of one, "
@@ -511,7 +513,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
             raise ValueError(
                 f"upsample_to_input needs spatial inputs (N, C, H, W), got {tuple(tup[0].shape)}"
             )
-        input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
+        input_size = (int(tup[0].shape[-2]), int(tup[0].shape[-1])) if upsample_to_input else None
         parts = []
         step = n if internal_batch_size is None else internal_batch_size
         for start in range(0, n, step):
