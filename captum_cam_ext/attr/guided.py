@@ -257,10 +257,49 @@ class LayerGuidedGradCam(LayerGradCam):
 
     name = "guided_gradcam"
 
-    def attribute(self, *args: Any, backward_rule: str = "guided", **kwargs: Any) -> Tensor:  # type: ignore[override]
-        """:meth:`LayerGradCam.attribute` with ``backward_rule="guided"`` by default."""
-        return super().attribute(*args, backward_rule=backward_rule, **kwargs)
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        upsample_to_input: bool = False,
+        interpolate_mode: str = "bilinear",
+        normalize: bool = False,
+        internal_batch_size: Optional[int] = None,
+        backward_rule: str = "guided",
+    ) -> Tensor:
+        """:meth:`LayerGradCam.attribute` with ``backward_rule="guided"`` by default.
 
-    def compute(self, *args: Any, backward_rule: str = "guided", **kwargs: Any) -> Any:  # type: ignore[override]
+        Returns ``(N, 1, h, w)`` maps (``(N, 1, H, W)`` with ``upsample_to_input=True``).
+        """
+        return super().attribute(
+            inputs,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            attribute_to_layer_input=attribute_to_layer_input,
+            relu_attributions=relu_attributions,
+            upsample_to_input=upsample_to_input,
+            interpolate_mode=interpolate_mode,
+            normalize=normalize,
+            internal_batch_size=internal_batch_size,
+            backward_rule=backward_rule,
+        )
+
+    def compute(  # type: ignore[override]
+        self,
+        inputs: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        backward_rule: str = "guided",
+    ) -> Any:
         """:meth:`LayerGradCam.compute` with ``backward_rule="guided"`` by default."""
-        return super().compute(*args, backward_rule=backward_rule, **kwargs)
+        return super().compute(
+            inputs,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            attribute_to_layer_input=attribute_to_layer_input,
+            backward_rule=backward_rule,
+        )

@@ -48,7 +48,7 @@ def _shard_loader(loader: DataLoader, world: int, rank: int, seed: int) -> DataL
         raise ValueError(
             "under torchrun the loader needs a batch_size (a batch_sampler cannot be sharded)"
         )
-    sampler = DistributedSampler(
+    sampler: DistributedSampler = DistributedSampler(
         loader.dataset,  # type: ignore[arg-type]
         num_replicas=world,
         rank=rank,
@@ -179,8 +179,9 @@ def train(
         history: List[Dict[str, float]] = []
         steps = 0
         for epoch in range(int(epochs)):
-            if isinstance(getattr(loader, "sampler", None), DistributedSampler):
-                loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
             sums = {
                 "ce": 0.0,
                 "reg": 0.0,
