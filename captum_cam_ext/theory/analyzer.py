@@ -105,7 +105,9 @@ class MonteCarloResult:
     method : str
         CAM class name.
     n_samples : int
-        Number of sampled networks.
+        Number of sampled networks (draws whose map is not finite, e.g. Ablation-CAM's ``0/0``
+        when the target score is exactly 0, are left out and counted in
+        ``extra["n_nonfinite"]``; the statistics use the others).
     mean, stderr : Tensor
         ``(H', W')`` mean map and its standard error (float64).
     positive_rate : Tensor
@@ -120,6 +122,9 @@ class MonteCarloResult:
         Closed-form leaked mass and its z-score.
     positive_probability : Tensor or None
         ``(H', W')`` closed-form ``P(map > 0)``.
+    extra : dict
+        ``n_nonfinite``; ``total_mean``, ``total_stderr`` (per-draw mass of the whole map) and,
+        with a closed form, ``total_expected`` and ``total_z``.
     """
 
     method: str
@@ -208,11 +213,12 @@ class GradCamAtInitAnalyzer:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
         expected = (self.in_channels, self.height, self.width)
+        given = tuple(x.shape)
         if x.dim() == 3:
             x = x.unsqueeze(0)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"input of shape {tuple(x.shape)} does not fit the analyzer's configuration: "
+                f"input of shape {given} does not fit the analyzer's configuration: "
                 f"expected (C, H, W) = {expected} or (N, {', '.join(map(str, expected))})."
             )
         return x.detach().to(torch.float64)
@@ -432,15 +438,29 @@ class GradCamAtInitAnalyzer:
 
     # --------------------------------------------------------------- sampling
     def sample_networks(
-        self, n: int, generator: Optional[torch.Generator] = None, n_outputs: int = 1
+        self,
+        n: int,
+        generator: Optional[torch.Generator] = None,
+        n_outputs: int = 1,
+        conv_weight: Optional[Tensor] = None,
+        conv_bias: Optional[Tensor] = None,
     ) -> BatchedMaskedCNN:
-        """``n`` independent linear-head networks at initialization, as one module (float32)."""
+        """``n`` independent linear-head networks at initialization, as one module (float32).
+
+        With ``conv_weight`` ``(V, C, k, k)`` (and ``conv_bias`` ``(V,)``) the convolution is fixed
+        and only the head is drawn (the setting of :meth:`conditional_expected_map`).
+        """
         hp, wp = self.feature_size
         v, c, k = self.n_filters, self.in_channels, self.kernel_size
-        w = torch.randn(n, v, c, k, k, generator=generator) * self.sigma_w
+        b: Optional[Tensor]
+        if conv_weight is None:
+            w = torch.randn(n, v, c, k, k, generator=generator) * self.sigma_w
+            b = torch.randn(n, v, generator=generator) * self.sigma_w if self.bias else None
+        else:
+            w = conv_weight.to(torch.float32).expand(n, v, c, k, k)
+            b = None if conv_bias is None else conv_bias.to(torch.float32).expand(n, v)
         th = torch.randn(n, n_outputs, v, self.visible_rows, wp, generator=generator)
         th = th * self.sigma_theta
-        b = torch.randn(n, v, generator=generator) * self.sigma_w if self.bias else None
         return BatchedMaskedCNN(w, th, self.height, self.width, conv_bias=b)
 
     def monte_carlo(
@@ -452,6 +472,7 @@ class GradCamAtInitAnalyzer:
         batch: int = 4096,
         cam_kwargs: Optional[Dict[str, Any]] = None,
         attribute_kwargs: Optional[Dict[str, Any]] = None,
+        conv_weight: Optional[Union[Tensor, nn.Module]] = None,
     ) -> MonteCarloResult:
         """Run a CAM class of this package on ``n_samples`` networks sampled at initialization.
 
@@ -476,6 +497,10 @@ class GradCamAtInitAnalyzer:
             Networks per chunk.
         cam_kwargs, attribute_kwargs : dict, optional
             Extra arguments of the CAM constructor / of ``attribute``.
+        conv_weight : Tensor or nn.Module, optional
+            Fix the convolution (``(V, C, k, k)`` or a model with ``.conv``) and draw only the
+            head: the estimate is then compared with :meth:`conditional_expected_map` (Grad-CAM,
+            XGrad-CAM, HiResCAM, LayerCAM).
 
         Returns
         -------
@@ -498,12 +523,22 @@ class GradCamAtInitAnalyzer:
                 "once per image."
             )
         x32 = xb.to(torch.float32)
+        fixed_w: Optional[Tensor] = None
+        fixed_b: Optional[Tensor] = None
+        if conv_weight is not None:
+            fixed_w, fixed_b = self._check_conv(conv_weight)
+            if (fixed_b is not None) != self.bias:
+                raise ValueError(
+                    f"the given convolution has bias={fixed_b is not None} but the analyzer has "
+                    f"bias={self.bias}."
+                )
         gen = torch.Generator().manual_seed(int(seed))
         hp, wp = self.feature_size
         s1 = torch.zeros(hp, wp, dtype=torch.float64)
         s2 = torch.zeros(hp, wp, dtype=torch.float64)
         npos = torch.zeros(hp, wp, dtype=torch.float64)
-        l1 = l2 = 0.0
+        l1 = l2 = t1 = t2 = 0.0
+        n_bad = 0
         mask = self.masked_mask
         done = 0
         ckw = dict(cam_kwargs or {})
@@ -513,7 +548,7 @@ class GradCamAtInitAnalyzer:
                 raise ValueError(f"attribute_kwargs may not set {key!r} (monte_carlo sets it).")
         while done < n_samples:
             n = min(batch, n_samples - done)
-            net = self.sample_networks(n, gen)
+            net = self.sample_networks(n, gen, conv_weight=fixed_w, conv_bias=fixed_b)
             cam = method(net, net.features, **ckw)
             inputs = x32.expand(n, -1, -1, -1).contiguous()
             idx = torch.arange(n)
@@ -521,20 +556,34 @@ class GradCamAtInitAnalyzer:
                 inputs, target=0, relu_attributions=True, additional_forward_args=(idx,), **akw
             )
             m = maps.detach().to(torch.float64).reshape(n, hp, wp)
+            ok = torch.isfinite(m).flatten(1).all(1)
+            if not bool(ok.all()):  # e.g. Ablation-CAM's 0/0 when the target score is 0
+                n_bad += int((~ok).sum())
+                m = m[ok]
             s1 += m.sum(0)
             s2 += m.pow(2).sum(0)
             npos += (m > 0).to(torch.float64).sum(0)
             leak = (m * mask).flatten(1).sum(1)
             l1 += float(leak.sum())
             l2 += float(leak.pow(2).sum())
+            tot = m.flatten(1).sum(1)
+            t1 += float(tot.sum())
+            t2 += float(tot.pow(2).sum())
             done += n
-        n_tot = float(n_samples)
+        n_tot = float(n_samples - n_bad)
+        if n_tot < 2:
+            raise ValueError(
+                f"{method.__name__} gave non-finite maps on {n_bad} of {n_samples} networks; "
+                "fewer than 2 draws are left"
+            )
         mean = s1 / n_tot
         var = ((s2 - n_tot * mean.pow(2)) / (n_tot - 1)).clamp_min(0)
         se = (var / n_tot).sqrt()
         leak_mean = l1 / n_tot
         leak_var = max((l2 - n_tot * leak_mean**2) / (n_tot - 1), 0.0)
         leak_se = math.sqrt(leak_var / n_tot)
+        tot_mean = t1 / n_tot
+        tot_se = math.sqrt(max((t2 - n_tot * tot_mean**2) / (n_tot - 1), 0.0) / n_tot)
         res = MonteCarloResult(
             method=method.__name__,
             n_samples=n_samples,
@@ -543,9 +592,26 @@ class GradCamAtInitAnalyzer:
             positive_rate=npos / n_tot,
             leak_mean=leak_mean,
             leak_stderr=leak_se,
+            extra={"n_nonfinite": n_bad, "total_mean": tot_mean, "total_stderr": tot_se},
         )
         key = _method_key(method)
-        if key in ("gradcam", "hirescam", "layercam"):
+        if fixed_w is not None and key in _CONDITIONAL_METHODS:
+            conv = nn.Conv2d(self.in_channels, self.n_filters, self.kernel_size,
+                             bias=fixed_b is not None).double()
+            with torch.no_grad():
+                conv.weight.copy_(fixed_w)
+                if fixed_b is not None:
+                    assert conv.bias is not None
+                    conv.bias.copy_(fixed_b)
+            exp = self.conditional_expected_map(xb, conv, key)[0, 0]
+            res.expected = exp
+            res.z = _zscore(mean, exp, se)
+            res.leak_expected = float((exp * mask).sum())
+            res.leak_z = float(
+                _zscore(torch.tensor(leak_mean), torch.tensor(res.leak_expected),
+                        torch.tensor(leak_se))
+            )
+        elif fixed_w is None and key in ("gradcam", "hirescam", "layercam"):
             exp = self.expected_map(xb, key)[0, 0]
             res.expected = exp
             res.z = _zscore(mean, exp, se)
@@ -554,6 +620,12 @@ class GradCamAtInitAnalyzer:
             res.leak_z = float(
                 _zscore(torch.tensor(leak_mean), torch.tensor(res.leak_expected),
                         torch.tensor(leak_se))
+            )
+        if res.expected is not None:
+            tot_exp = float(res.expected.sum())
+            res.extra["total_expected"] = tot_exp
+            res.extra["total_z"] = float(
+                _zscore(torch.tensor(tot_mean), torch.tensor(tot_exp), torch.tensor(tot_se))
             )
         return res
 
