@@ -476,3 +476,24 @@ def test_causal_curve_endpoints_and_chunk_invariance(seed, n, map_size, chunk):
     torch.testing.assert_close(full.curves[:, 0], p_sub)
     torch.testing.assert_close(full.curves[:, -1], p_clean)
     assert torch.all((dele.auc >= 0) & (dele.auc <= 1))
+
+
+def test_with_package_grad_cam():
+    """End to end with the package's LayerGradCam as the attribution method."""
+    from captum_cam_ext import LayerGradCam
+
+    model = small_cnn(seed=21)
+    x, _ = data(seed=22, n=4, size=16)
+    cam = LayerGradCam(model, model[2])
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    maps = cam.attribute(x, target=predicted, relu_attributions=True)
+    assert maps.shape == (4, 1, 8, 8)
+    kw = {"relu_attributions": True}
+    via_method = confidence_metrics(
+        model, x, attribution_method=cam, attribute_kwargs=kw, max_examples_per_batch=3
+    )
+    torch.testing.assert_close(via_method.drop, confidence_metrics(model, x, maps).drop)
+    d1 = deletion_auc(model, x, attribution_method=cam, attribute_kwargs=kw, n_steps=8)
+    torch.testing.assert_close(d1, deletion_auc(model, x, maps, n_steps=8))
+    assert all(p.grad is None for p in model.parameters())
