@@ -94,8 +94,13 @@ def methods_at_init(
     n_samples_perturbation: int = 2000,
     seed: int = 0,
     x: Optional[torch.Tensor] = None,
+    cam_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> List[Dict[str, Any]]:
     """Monte-Carlo leak of every CAM class of the core on one masked-CNN configuration.
+
+    ``methods`` defaults to every CAM class of the core plus ``LayerConceptorCam`` when it exists
+    (with ``negatives="channels"``: the masked CNN has a single output, so there are no competitor
+    classes).  ``cam_kwargs`` maps a class name to extra constructor arguments.
 
     Returns
     -------
@@ -109,15 +114,23 @@ def methods_at_init(
         methods = [cce.LayerGradCam, cce.LayerGradCamPlusPlus, cce.LayerXGradCam,
                    cce.LayerHiResCam, cce.LayerCam, cce.LayerEigenCam, cce.LayerEigenGradCam,
                    cce.LayerScoreCam, cce.LayerAblationCam]
+        try:
+            from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
+
+            methods.append(LayerConceptorCam)
+        except ImportError:
+            pass
+    kwargs = {"LayerConceptorCam": {"negatives": "channels"}, **(cam_kwargs or {})}
     if x is None:
         x = _default_input(in_channels, height, width, seed)
     an = GradCamAtInitAnalyzer(in_channels, height, width, kernel_size, n_filters, visible_rows,
                                sigma_w, sigma_theta)
     out = []
     for i, meth in enumerate(methods):
-        perturb = getattr(meth, "uses_perturbation", False)
-        n = n_samples_perturbation if perturb else n_samples
-        res = an.monte_carlo(x, n, seed=seed + 17 * i, method=meth)
+        slow = getattr(meth, "uses_perturbation", False) or meth.__name__ == "LayerConceptorCam"
+        n = n_samples_perturbation if slow else n_samples
+        res = an.monte_carlo(x, n, seed=seed + 17 * i, method=meth,
+                             cam_kwargs=kwargs.get(meth.__name__))
         m = an.masked_mask
         out.append(dict(method=meth.__name__, leak_mc=res.leak_mean, leak_se=res.leak_stderr,
                         leak_theory=res.leak_expected, p_pos_mc=float(res.positive_rate[m].mean()),
