@@ -314,3 +314,24 @@ def test_a_layer_that_is_never_called_is_reported():
     m.unused = nn.Conv2d(3, 3, 1)
     with pytest.raises(ValueError, match="not called"):
         cce.LayerGradCam(m, m.unused).attribute(torch.randn(1, 3, 8, 8))
+
+
+def test_score_cam_falls_back_when_the_model_needs_contiguous_tensors():
+    class Viewing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.act = nn.ReLU()
+            self.fc = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            h = self.act(self.conv(x))
+            return self.fc(h.view(h.shape[0], -1))  # .view fails on channels_last tensors
+
+    torch.manual_seed(9)
+    m = Viewing().eval()
+    x = torch.randn(2, 3, 8, 8)
+    fast = cce.LayerScoreCam(m, m.act, channels_last=True)
+    plain = cce.LayerScoreCam(m, m.act, channels_last=False)
+    torch.testing.assert_close(fast.attribute(x, target=1), plain.attribute(x, target=1))
+    assert fast.channels_last is False

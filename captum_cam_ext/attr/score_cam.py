@@ -50,6 +50,10 @@ class LayerScoreCam(CamAttribution):
         As in :class:`~captum_cam_ext.CamAttribution`.
     batch_size : int
         Masked inputs per forward pass (default 32).
+    channels_last : bool
+        Feed the masked images in ``torch.channels_last`` memory format (faster convolutions on
+        CPU, same values up to float rounding). Falls back to the default format by itself if
+        the model's code needs contiguous tensors (e.g. ``.view`` on feature maps).
     """
 
     name = "scorecam"
@@ -62,9 +66,20 @@ class LayerScoreCam(CamAttribution):
         layer: LayerSpec,
         reshape_transform: Any = None,
         batch_size: int = 32,
+        channels_last: bool = True,
     ) -> None:
         super().__init__(forward_func, layer, reshape_transform=reshape_transform)
         self.batch_size = _check_batch_size(batch_size)
+        self.channels_last = bool(channels_last)
+
+    def _forward_masked(self, batch: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]]) -> Tensor:
+        if self.channels_last:
+            try:
+                fast = (batch[0].contiguous(memory_format=torch.channels_last),) + batch[1:]
+                return run_forward(self.forward_func, fast, args)
+            except RuntimeError:
+                self.channels_last = False  # the model needs contiguous inputs: remember it
+        return run_forward(self.forward_func, batch, args)
 
     def masks(self, activations: Tensor, size: Tuple[int, int]) -> Tensor:
         """Upsampled, per-channel min-max normalised masks ``(N, K, H, W)``."""
@@ -88,7 +103,7 @@ class LayerScoreCam(CamAttribution):
             raise ValueError(f"Score-CAM masks image inputs (N, C, H, W); inputs[0] has shape {tuple(x0.shape)}")
         n = x0.shape[0]
         result = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for acts in activations:
                 masks = self.masks(acts, tuple(x0.shape[-2:]))
                 constant = (acts.flatten(2).amax(2) == acts.flatten(2).amin(2))  # (N, K)
@@ -106,7 +121,7 @@ class LayerScoreCam(CamAttribution):
                         batch = (x0[i : i + 1] * m[:, None].to(x0.dtype),) + tuple(
                             r.expand(idx.numel(), *r.shape[1:]) for r in rest
                         )
-                        out = run_forward(self.forward_func, batch, repeat_args(args_i, idx.numel()))
+                        out = self._forward_masked(batch, repeat_args(args_i, idx.numel()))
                         got.append(select_target_scores(out, tgt).float())
                     vals = torch.cat(got)
                     if bool(constant[i].any()):
