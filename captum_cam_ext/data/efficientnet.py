@@ -120,7 +120,10 @@ ImageLike = Union[np.ndarray, torch.Tensor]
 
 
 def _to_float_chw(img: ImageLike) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(img))
+    if isinstance(img, torch.Tensor):
+        t = img.detach().cpu()
+    else:
+        t = torch.from_numpy(np.array(img, copy=True))  # copy: bundled arrays may be read-only
     if t.ndim == 2:
         t = t.unsqueeze(-1).expand(-1, -1, 3)
     if t.ndim != 3 or t.shape[-1] not in (3, 4):
