@@ -374,7 +374,8 @@ def confidence_metrics(
         Extra keyword arguments for ``attribution_method.attribute``.
     target : None, int, sequence of int, LongTensor (N,), or callable
         ``None`` = the class predicted on the clean input. A callable maps the probabilities
-        ``(N, C)`` to one score per example.
+        ``(N, C)`` to one score per example (with ``attribution_method`` the same callable is
+        passed on to ``.attribute``, where it receives the raw model outputs).
     additional_forward_args : any, optional
         Extra model arguments; tensors with first dimension N are sliced per batch.
     max_examples_per_batch : int, optional
