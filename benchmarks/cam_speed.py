@@ -102,8 +102,18 @@ def time_methods(table: Dict[str, Callable[[], object]], repeats: int) -> Dict[s
 
 def peak_memory_of(name: str, args: argparse.Namespace) -> float:
     """Run one method once in a fresh process; MiB the peak RSS grew during the call."""
-    cmd = [sys.executable, __file__, "--memory-one", name, "--threads", str(args.threads),
-           "--batch", str(args.batch), "--size", str(args.size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-one",
+        name,
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
@@ -145,8 +155,7 @@ def score_cam_comparison(repeats: int) -> Dict[str, object]:
         t0 = time.perf_counter()
         run_ref()
         t_ref.append(time.perf_counter() - t0)
-    return {"ours": statistics.median(t_ours), "ref": statistics.median(t_ref), "max_abs_diff": diff,
-            "runs": repeats}
+    return {"ours": statistics.median(t_ours), "ref": statistics.median(t_ref), "max_abs_diff": diff, "runs": repeats}
 
 
 def main() -> None:
@@ -201,8 +210,8 @@ def main() -> None:
         f"- MultiCam with 5 methods <= 1.25x one forward: {med['ours MultiCam (5 methods)'] / base:.2f}x "
         f"({'met' if med['ours MultiCam (5 methods)'] / base <= 1.25 else 'NOT met'})",
         f"- pytorch-grad-cam GradCAM for comparison: {med['pytorch-grad-cam GradCAM'] / base:.2f}x",
-        f"- Grad-CAM peak memory <= 0.5x Captum's LayerGradCam: "
-        f"{mem['ours LayerGradCam'] / cap_mem:.2f}x ({'met' if mem['ours LayerGradCam'] <= 0.5 * cap_mem else 'NOT met'})",
+        f"- Grad-CAM peak memory <= 0.5x Captum's LayerGradCam: {mem['ours LayerGradCam'] / cap_mem:.2f}x "
+        f"({'met' if mem['ours LayerGradCam'] <= 0.5 * cap_mem else 'NOT met'})",
     ]
     if score is not None:
         ratio = score["ref"] / score["ours"]

@@ -20,6 +20,8 @@ from captum_cam_ext.attr import (
     LayerXGradCam,
     MultiCam,
 )
+from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
+from captum_cam_ext.attr.guided import LayerGuidedGradCam
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,8 @@ __all__ = [
     "CamDetails",
     "LayerAblationCam",
     "LayerCam",
+    "LayerConceptorCam",
+    "LayerGuidedGradCam",
     "LayerEigenCam",
     "LayerEigenGradCam",
     "LayerGradCam",

@@ -117,8 +117,7 @@ def select_target_scores(outputs: Tensor, target: TargetSpec) -> Tensor:
         if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != outputs.shape[0]:
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise ValueError(
-                f"a callable target must return one score per example, shape ({outputs.shape[0]},), "
-                f"got {shape}"
+                f"a callable target must return one score per example, shape ({outputs.shape[0]},), got {shape}"
             )
         return scores
     index = resolve_target(outputs, target)
@@ -150,14 +149,11 @@ def resolve_target(outputs: Tensor, target: TargetSpec) -> Tensor:
             index = target.to(outputs.device, torch.long)
         else:
             raise ValueError(
-                f"a target tensor must have shape () or ({n},) (one class per example), "
-                f"got {tuple(target.shape)}"
+                f"a target tensor must have shape () or ({n},) (one class per example), got {tuple(target.shape)}"
             )
     elif isinstance(target, (list, tuple)):
         if len(target) != n or not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise ValueError(
-                f"a target list must hold one int class index per example ({n}), got {target!r}"
-            )
+            raise ValueError(f"a target list must hold one int class index per example ({n}), got {target!r}")
         index = torch.tensor(list(target), dtype=torch.long, device=outputs.device)
     else:
         raise TypeError(
@@ -192,8 +188,7 @@ def format_inputs(inputs: TensorOrTuple) -> Tuple[Tensor, ...]:
             raise ValueError(f"inputs[{i}] is an empty batch (shape {tuple(x.shape)}); pass at least one example")
         if x.shape[0] != tup[0].shape[0]:
             raise ValueError(
-                f"all inputs must share the batch size: inputs[0] has {tup[0].shape[0]}, "
-                f"inputs[{i}] has {x.shape[0]}"
+                f"all inputs must share the batch size: inputs[0] has {tup[0].shape[0]}, inputs[{i}] has {x.shape[0]}"
             )
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"inputs[{i}] contains NaN or Inf values; clean the inputs before explaining them")
@@ -360,8 +355,10 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         trim_graph: bool = True,
     ) -> None:
         if not callable(forward_func):
-            raise TypeError(f"forward_func must be a callable (usually an nn.Module), got {type(forward_func).__name__}")
-        layers = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]
+            raise TypeError(
+                f"forward_func must be a callable (usually an nn.Module), got {type(forward_func).__name__}"
+            )
+        layers: List[nn.Module] = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]  # type: ignore[list-item]
         if not layers:
             raise ValueError("layer is an empty list; pass at least one nn.Module")
         modules = _modules_of(forward_func)
@@ -377,7 +374,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
             raise TypeError("reshape_transform must be a callable or None")
         LayerAttribution.__init__(self, forward_func, layers[0] if len(layers) == 1 else layers)  # type: ignore[arg-type]
         GradientAttribution.__init__(self, forward_func)
-        self.layers: List[nn.Module] = layers
+        self.layers = layers
         self.reshape_transform = reshape_transform
         self.trim_graph = bool(trim_graph)
 
@@ -478,7 +475,9 @@ class CamAttribution(LayerAttribution, GradientAttribution):
             tgt = index if index is not None else target
             weights = self._perturbation_weights(inputs, args, tgt, layer_acts, outputs, to_input)
         else:
-            weights = [self.cam_weights(a.float(), None if g is None else g.float()) for a, g in zip(layer_acts, layer_grads)]
+            weights = [
+                self.cam_weights(a.float(), None if g is None else g.float()) for a, g in zip(layer_acts, layer_grads)
+            ]
         details = []
         for a, g, w in zip(layer_acts, layer_grads, weights):
             a32 = a.float()
@@ -522,7 +521,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
                 # (interpolation rounding would otherwise be blown up by the min-max)
                 out = upsample_maps(normalize_maps(out) if normalize else out, input_size, interpolate_mode)
         else:
-            size = input_size or max((tuple(c.shape[-2:]) for c in cams), key=lambda s: s[0] * s[1])
+            size = input_size or max(((c.shape[-2], c.shape[-1]) for c in cams), key=lambda s: s[0] * s[1])
             out = torch.stack([normalize_maps(upsample_maps(c, size, interpolate_mode)) for c in cams]).mean(0)
         return normalize_maps(out) if normalize else out
 

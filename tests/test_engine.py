@@ -184,7 +184,9 @@ def test_reshape_transform_for_token_layouts():
 def test_upsample_and_normalize():
     m = _model()
     x = torch.randn(3, 3, 8, 8)
-    out = cce.LayerGradCamPlusPlus(m, m.relu).attribute(x, relu_attributions=True, upsample_to_input=True, normalize=True)
+    out = cce.LayerGradCamPlusPlus(m, m.relu).attribute(
+        x, relu_attributions=True, upsample_to_input=True, normalize=True
+    )
     assert out.shape == (3, 1, 8, 8)
     flat = out.flatten(1)
     assert float(flat.min()) >= 0.0 and float(flat.max()) <= 1.0
@@ -231,9 +233,19 @@ def _bad_calls():
     yield "not a submodule", lambda: cce.LayerGradCam(m, other), ValueError, "not a submodule"
     yield "target too large", lambda: cce.LayerGradCam(m, m.relu).attribute(x, target=4), ValueError, "out of range"
     yield "negative target", lambda: cce.LayerGradCam(m, m.relu).attribute(x, target=-1), ValueError, "out of range"
-    yield "target shape", lambda: cce.LayerGradCam(m, m.relu).attribute(x, target=torch.tensor([1, 2, 3])), ValueError, "shape"
+    yield (
+        "target shape",
+        lambda: cce.LayerGradCam(m, m.relu).attribute(x, target=torch.tensor([1, 2, 3])),
+        ValueError,
+        "shape",
+    )
     yield "target list length", lambda: cce.LayerGradCam(m, m.relu).attribute(x, target=[1]), ValueError, "one int"
-    yield "float target", lambda: cce.LayerGradCam(m, m.relu).attribute(x, target=torch.tensor([1.0, 2.0])), TypeError, "integer"
+    yield (
+        "float target",
+        lambda: cce.LayerGradCam(m, m.relu).attribute(x, target=torch.tensor([1.0, 2.0])),
+        TypeError,
+        "integer",
+    )
     nan = x.clone()
     nan[0, 0, 0, 0] = float("nan")
     yield "nan input", lambda: cce.LayerGradCam(m, m.relu).attribute(nan), ValueError, "NaN"
@@ -242,14 +254,44 @@ def _bad_calls():
     yield "inf input", lambda: cce.LayerCam(m, m.relu).attribute(inf), ValueError, "Inf"
     yield "empty batch", lambda: cce.LayerGradCam(m, m.relu).attribute(x[:0]), ValueError, "empty batch"
     yield "int input", lambda: cce.LayerGradCam(m, m.relu).attribute(x.long()), TypeError, "floating-point"
-    yield "half on a float model", lambda: cce.LayerGradCam(m, m.relu).attribute(x.half()), TypeError, "model's parameters are torch.float32"
+    yield (
+        "half on a float model",
+        lambda: cce.LayerGradCam(m, m.relu).attribute(x.half()),
+        TypeError,
+        "model's parameters are torch.float32",
+    )
     yield "not 4-D layer", lambda: cce.LayerGradCam(m, m.head).attribute(x), ValueError, "reshape_transform"
-    yield "bad mode", lambda: cce.LayerGradCam(m, m.relu).attribute(x, interpolate_mode="cubic"), ValueError, "interpolate_mode"
-    yield "bad chunk", lambda: cce.LayerGradCam(m, m.relu).attribute(x, internal_batch_size=0), ValueError, "internal_batch_size"
-    yield "bad rule", lambda: cce.LayerGradCam(m, m.relu).attribute(x, backward_rule="smooth"), ValueError, "backward_rule"
+    yield (
+        "bad mode",
+        lambda: cce.LayerGradCam(m, m.relu).attribute(x, interpolate_mode="cubic"),
+        ValueError,
+        "interpolate_mode",
+    )
+    yield (
+        "bad chunk",
+        lambda: cce.LayerGradCam(m, m.relu).attribute(x, internal_batch_size=0),
+        ValueError,
+        "internal_batch_size",
+    )
+    yield (
+        "bad rule",
+        lambda: cce.LayerGradCam(m, m.relu).attribute(x, backward_rule="smooth"),
+        ValueError,
+        "backward_rule",
+    )
     yield "score batch", lambda: cce.LayerScoreCam(m, m.relu, batch_size=0), ValueError, "batch_size"
-    yield "multicam method", lambda: cce.MultiCam(m, m.relu, methods=["gradcam", "nope"]), ValueError, "unknown CAM method"
-    yield "multicam perturbation", lambda: cce.MultiCam(m, m.relu, methods=[cce.LayerScoreCam]), ValueError, "cannot share"
+    yield (
+        "multicam method",
+        lambda: cce.MultiCam(m, m.relu, methods=["gradcam", "nope"]),
+        ValueError,
+        "unknown CAM method",
+    )
+    yield (
+        "multicam perturbation",
+        lambda: cce.MultiCam(m, m.relu, methods=[cce.LayerScoreCam]),
+        ValueError,
+        "cannot share",
+    )
 
 
 @pytest.mark.parametrize("name,call,exc,match", list(_bad_calls()), ids=[c[0] for c in _bad_calls()])

@@ -35,15 +35,29 @@ def cnn_case(draw):
     pool_head = draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
     targets = draw(st.lists(st.integers(0, n_classes - 1), min_size=batch, max_size=batch))
-    return dict(in_ch=in_ch, width=width, n_classes=n_classes, h=h, w=w, kernel=kernel, batch=batch,
-                pool_head=pool_head, seed=seed, targets=targets)
+    return dict(
+        in_ch=in_ch,
+        width=width,
+        n_classes=n_classes,
+        h=h,
+        w=w,
+        kernel=kernel,
+        batch=batch,
+        pool_head=pool_head,
+        seed=seed,
+        targets=targets,
+    )
 
 
 def build(case):
     torch.manual_seed(case["seed"])
     k = case["kernel"]
-    body = nn.Sequential(nn.Conv2d(case["in_ch"], case["width"], k, padding=k // 2), nn.ReLU(),
-                         nn.Conv2d(case["width"], case["width"], 3), nn.ReLU())
+    body = nn.Sequential(
+        nn.Conv2d(case["in_ch"], case["width"], k, padding=k // 2),
+        nn.ReLU(),
+        nn.Conv2d(case["width"], case["width"], 3),
+        nn.ReLU(),
+    )
     h, w = case["h"] - 2, case["w"] - 2
     if case["pool_head"]:
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(case["width"], case["n_classes"]))

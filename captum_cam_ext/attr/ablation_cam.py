@@ -110,7 +110,9 @@ class LayerAblationCam(CamAttribution):
                     args_i = slice_args(args, i, i + 1, n)
                     tgt = example_target(target, i)
                     scores = [
-                        self._ablated_scores(layer, to_input, example, args_i, tgt, torch.arange(s, min(s + self.batch_size, k)))
+                        self._ablated_scores(
+                            layer, to_input, example, args_i, tgt, torch.arange(s, min(s + self.batch_size, k))
+                        )
                         for s in range(0, k, self.batch_size)
                     ]
                     weights[i] = (clean[i] - torch.cat(scores)) / clean[i]

@@ -20,7 +20,15 @@ from captum_cam_ext.attr.xgrad_cam import LayerXGradCam
 #: Methods that :class:`MultiCam` can share one pass between, by name.
 MULTI_CAM_METHODS: Dict[str, Type[CamAttribution]] = {
     cls.name: cls
-    for cls in (LayerGradCam, LayerGradCamPlusPlus, LayerXGradCam, LayerCam, LayerHiResCam, LayerEigenGradCam, LayerEigenCam)
+    for cls in (
+        LayerGradCam,
+        LayerGradCamPlusPlus,
+        LayerXGradCam,
+        LayerCam,
+        LayerHiResCam,
+        LayerEigenGradCam,
+        LayerEigenCam,
+    )
 }
 
 MethodSpec = Union[str, Type[CamAttribution]]
@@ -99,9 +107,7 @@ class MultiCam(CamAttribution):
         assert grads is not None
         a = [self._to_maps(x, lay).float() for x, lay in zip(acts, self.layers)]
         g = [self._to_maps(x, lay).float() for x, lay in zip(grads, self.layers)]
-        return {
-            name: [m.fuse(ai, m.cam_weights(ai, gi)) for ai, gi in zip(a, g)] for name, m in self.methods.items()
-        }
+        return {name: [m.fuse(ai, m.cam_weights(ai, gi)) for ai, gi in zip(a, g)] for name, m in self.methods.items()}
 
     @log_usage()
     def attribute(  # type: ignore[override]

@@ -105,8 +105,8 @@ class LayerScoreCam(CamAttribution):
         result = []
         with torch.inference_mode():
             for acts in activations:
-                masks = self.masks(acts, tuple(x0.shape[-2:]))
-                constant = (acts.flatten(2).amax(2) == acts.flatten(2).amin(2))  # (N, K)
+                masks = self.masks(acts, (x0.shape[-2], x0.shape[-1]))
+                constant = acts.flatten(2).amax(2) == acts.flatten(2).amin(2)  # (N, K)
                 scores = torch.empty(acts.shape[:2], dtype=torch.float32, device=acts.device)
                 for i in range(n):
                     rest = tuple(x[i : i + 1] for x in inputs[1:])

@@ -3,6 +3,7 @@
 Each metric module defines ``__all__``; to add one, append an import line and its names below.
 """
 
+from captum_cam_ext.metrics.alignment import gradient_alignment
 from captum_cam_ext.metrics.causal import (
     CausalResult,
     deletion_auc,
@@ -18,6 +19,14 @@ from captum_cam_ext.metrics.confidence import (
     average_increase,
     confidence_metrics,
 )
+from captum_cam_ext.metrics.leakage import (
+    band_mask,
+    leakage_metrics,
+    unseen_any_positive,
+    unseen_positive_mass,
+    unseen_seen_mean_ratio,
+    wall_ratio,
+)
 
 __all__ = [
     "ConfidenceResult",
@@ -31,4 +40,11 @@ __all__ = [
     "gaussian_blur",
     "perturbation_counts",
     "normalized_auc",
+    "band_mask",
+    "wall_ratio",
+    "unseen_positive_mass",
+    "unseen_any_positive",
+    "unseen_seen_mean_ratio",
+    "leakage_metrics",
+    "gradient_alignment",
 ]
