@@ -132,7 +132,8 @@ def resize_cam(cam: ArrayLike, size: Tuple[int, int], mode: str = "bilinear") ->
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
-    if hi - lo <= 0:
+    # interpolation round-off must not turn a constant map into amplified noise
+    if hi - lo <= 1e-6 * max(1.0, abs(hi), abs(lo)):
         return np.zeros_like(arr, dtype=np.float32)
     return ((arr - lo) / (hi - lo)).astype(np.float32)
 
