@@ -1,0 +1,151 @@
+"""Dataset-scale evaluation: exact sharding, per-example values, 2 processes == 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import TensorDataset
+
+from captum_cam_ext import LayerGradCam
+from captum_cam_ext.evaluation import (
+    METHOD_NAMES,
+    ExactDistributedSampler,
+    evaluate,
+    make_method,
+    results_markdown,
+)
+from captum_cam_ext.metrics import confidence_metrics, deletion_auc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BUILD = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        ).eval()
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(21, 3, 12, 12, generator=g)
+        y = torch.randint(0, 4, (21,), generator=g)
+        return model, TensorDataset(x, y)
+    """
+)
+METRICS = ("average_drop", "average_increase", "average_gain", "deletion_auc", "insertion_auc")
+METHODS = ["gradcam", "scorecam", "gradcam++"]
+
+
+def _build():
+    ns: dict = {}
+    exec(BUILD, ns)  # the same model and data as in the torchrun script
+    return ns["build"]()
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(n=st.integers(1, 23), world=st.integers(1, 5), shuffle=st.booleans())
+def test_exact_sampler_covers_every_example_once(n, world, shuffle):
+    ds = TensorDataset(torch.arange(n))
+    seen = []
+    for rank in range(world):
+        s = ExactDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=3)
+        idx = list(s)
+        assert len(idx) == len(s) == len(range(rank, n, world))
+        seen += idx
+    assert sorted(seen) == list(range(n))  # no padding duplicates, nothing missing
+
+
+def test_single_process_matches_the_metrics_on_the_whole_dataset():
+    model, ds = _build()
+    res = evaluate(model, model[3], ["gradcam"], ds, batch_size=4, metrics=METRICS, causal_steps=6)
+    x, _ = ds.tensors
+    pred = model(x).argmax(1)
+    maps = LayerGradCam(model, model[3]).attribute(x, target=pred, relu_attributions=True)
+    conf = confidence_metrics(model, x, maps, target=pred)
+    dele = deletion_auc(model, x, maps, target=pred, n_steps=6)
+    pe = res.per_example["gradcam"]
+    torch.testing.assert_close(pe["average_drop"], conf.drop.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pe["average_increase"], conf.increase.double())
+    torch.testing.assert_close(pe["deletion_auc"], dele.double(), rtol=1e-5, atol=1e-6)
+    assert res.n == 21 and res.counts["gradcam"]["average_drop"] == 21
+    assert res.means["gradcam"]["average_drop"] == pytest.approx(float(conf.drop.mean()), abs=1e-4)
+    md = results_markdown(res, title="t")
+    assert "| gradcam |" in md and "21 examples" in md
+
+
+def test_label_target_and_errors():
+    model, ds = _build()
+    res = evaluate(model, model[3], {"GC": LayerGradCam(model, model[3])}, ds, target="label",
+                   batch_size=8)
+    y = ds.tensors[1]
+    x = ds.tensors[0]
+    maps = LayerGradCam(model, model[3]).attribute(x, target=y, relu_attributions=True)
+    conf = confidence_metrics(model, x, maps, target=y)
+    torch.testing.assert_close(res.per_example["GC"]["average_drop"], conf.drop.double(),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluate(model, model[3], ["gradcam"], ds, metrics=("accuracy",))
+    with pytest.raises(ValueError, match="target"):
+        evaluate(model, model[3], ["gradcam"], ds, target="best")
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(model, model[3], ["gradcam"], TensorDataset(torch.zeros(0, 3, 4, 4)))
+    with pytest.raises(ValueError, match="label"):
+        evaluate(model, model[3], ["gradcam"], TensorDataset(x), target="label")
+    with pytest.raises(ValueError, match="choose from"):
+        make_method("gradcam+++", model, model[3])
+    assert type(make_method("Grad-CAM++", model, model[3])).__name__ == "LayerGradCamPlusPlus"
+    assert len(METHOD_NAMES) == 10
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    script = tmp_path / "run_eval.py"
+    script.write_text(
+        BUILD
+        + textwrap.dedent(
+            f"""
+            import json, os, sys
+            torch.set_num_threads(1)
+            from captum_cam_ext.evaluation import evaluate
+
+            model, ds = build()
+            res = evaluate(model, model[3], {METHODS!r}, ds, batch_size=4,
+                           metrics={METRICS!r}, causal_steps=6)
+            assert res.world_size == int(os.environ["WORLD_SIZE"])
+            with open(sys.argv[1] + os.environ["RANK"], "w") as fh:
+                json.dump(res.to_dict(), fh)
+            """
+        )
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    out = tmp_path / "two.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+         str(script), str(out)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, ds = _build()
+    one = evaluate(model, model[3], METHODS, ds, batch_size=4, metrics=METRICS, causal_steps=6)
+    for rank in (0, 1):
+        two = json.loads(Path(f"{out}{rank}").read_text())
+        assert two["world_size"] == 2 and two["n"] == 21
+        for m in METHODS:
+            for k in METRICS:
+                assert two["counts"][m][k] == 21
+                assert two["means"][m][k] == pytest.approx(one.means[m][k], abs=1e-6)
+                got = torch.tensor(two["per_example"][m][k], dtype=torch.float64)
+                torch.testing.assert_close(got, one.per_example[m][k], rtol=0, atol=1e-6)
