@@ -14,6 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 from captum.attr import visualization as captum_viz  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from models import SmallCNN  # noqa: E402
 
 from captum_cam_ext import LayerGradCam  # noqa: E402
 from captum_cam_ext.visualization import (  # noqa: E402
@@ -24,7 +25,6 @@ from captum_cam_ext.visualization import (  # noqa: E402
     to_captum_attr,
     to_image,
 )
-from tests.models import SmallCNN  # noqa: E402
 
 
 def _photo(h: int = 20, w: int = 30, seed: int = 0) -> np.ndarray:
