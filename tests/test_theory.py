@@ -212,15 +212,21 @@ def test_visible_part_has_the_same_law_as_the_masked_part():
 @pytest.mark.parametrize(
     "method",
     ["LayerGradCam", "LayerGradCamPlusPlus", "LayerXGradCam", "LayerHiResCam", "LayerCam",
-     "LayerEigenCam", "LayerEigenGradCam", "LayerScoreCam", "LayerAblationCam"],
+     "LayerEigenCam", "LayerEigenGradCam", "LayerScoreCam", "LayerAblationCam",
+     "LayerConceptorCam"],
 )
 def test_batched_networks_equal_single_networks(method):
     """The vectorized Monte-Carlo runs each CAM exactly as on separate networks."""
     an = GradCamAtInitAnalyzer(2, 7, 6, 3, 4, 3, sigma_w=0.8, sigma_theta=1.1, bias=True)
     x = torch.randn(1, 2, 7, 6, generator=torch.Generator().manual_seed(3))
     batched = an.sample_networks(3, torch.Generator().manual_seed(4))
-    cls = getattr(cce, method)
-    got = cls(batched, batched.features).attribute(
+    kw = {}
+    if method == "LayerConceptorCam":
+        cls = pytest.importorskip("captum_cam_ext.attr.conceptor_cam").LayerConceptorCam
+        kw = {"negatives": "channels"}  # one output: no competitor classes
+    else:
+        cls = getattr(cce, method)
+    got = cls(batched, batched.features, **kw).attribute(
         x.expand(3, -1, -1, -1).contiguous(), target=0, relu_attributions=True,
         additional_forward_args=(torch.arange(3),))
     for i in range(3):
@@ -230,7 +236,7 @@ def test_batched_networks_equal_single_networks(method):
             assert net.conv.bias is not None and batched.conv_bias is not None
             net.conv.bias.copy_(batched.conv_bias[i])
             net.theta.copy_(batched.theta[i])
-        want = cls(net, net.features).attribute(x, target=0, relu_attributions=True)
+        want = cls(net, net.features, **kw).attribute(x, target=0, relu_attributions=True)
         torch.testing.assert_close(got[i : i + 1], want, rtol=1e-4, atol=1e-5)
 
 
