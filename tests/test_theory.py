@@ -295,3 +295,30 @@ def test_sweep_report_table_and_figure():
     assert "LayerGradCam" in methods_markdown([dict(method="LayerGradCam", leak_mc=1.0,
                                                     leak_se=0.1, leak_theory=None, p_pos_mc=0.5,
                                                     n_samples=10)])
+
+
+@pytest.mark.parametrize("method", ["LayerGradCam", "LayerHiResCam", "LayerScoreCam"])
+def test_hidden_head_networks(method):
+    """Batched hidden-head networks equal masked_cnn(hidden=...) networks; the wall still holds."""
+    an = GradCamAtInitAnalyzer(1, 7, 6, 3, 4, 2, sigma_w=0.8, sigma_theta=1.1)
+    x = torch.randn(1, 1, 7, 6, generator=torch.Generator().manual_seed(5))
+    batched = an.sample_networks(2, torch.Generator().manual_seed(6), hidden=5)
+    cls = getattr(cce, method)
+    got = cls(batched, batched.features).attribute(
+        x.expand(2, -1, -1, -1).contiguous(), target=0, relu_attributions=True,
+        additional_forward_args=(torch.arange(2),))
+    for i in range(2):
+        net = masked_cnn(1, 7, 6, 3, 4, 2, hidden=5)
+        assert net.head is not None and batched.head_out is not None
+        with torch.no_grad():
+            net.conv.weight.copy_(batched.conv_weight[i])
+            net.head[0].weight.copy_(batched.theta[i].reshape(5, -1))
+            net.head[2].weight.copy_(batched.head_out[i])
+        want = cls(net, net.features).attribute(x, target=0, relu_attributions=True)
+        torch.testing.assert_close(got[i : i + 1], want, rtol=1e-4, atol=1e-5)
+    res = an.monte_carlo(x, 500, seed=0, method=cls, hidden=5, batch=250)
+    assert res.expected is None and res.extra["hidden"] == 5
+    if method == "LayerHiResCam":
+        assert res.leak_mean == 0.0
+    else:
+        assert res.leak_mean > 0

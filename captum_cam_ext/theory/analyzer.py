@@ -444,11 +444,14 @@ class GradCamAtInitAnalyzer:
         n_outputs: int = 1,
         conv_weight: Optional[Tensor] = None,
         conv_bias: Optional[Tensor] = None,
+        hidden: Optional[int] = None,
     ) -> BatchedMaskedCNN:
-        """``n`` independent linear-head networks at initialization, as one module (float32).
+        """``n`` independent networks at initialization, as one module (float32).
 
         With ``conv_weight`` ``(V, C, k, k)`` (and ``conv_bias`` ``(V,)``) the convolution is fixed
-        and only the head is drawn (the setting of :meth:`conditional_expected_map`).
+        and only the head is drawn (the setting of :meth:`conditional_expected_map`).  With
+        ``hidden`` the head is ``Linear(V*r*W', hidden) -> ReLU -> Linear(hidden, n_outputs)``
+        (weights ``N(0, sigma_theta^2)``, biases 0), as ``masked_cnn(..., hidden=hidden)``.
         """
         hp, wp = self.feature_size
         v, c, k = self.n_filters, self.in_channels, self.kernel_size
@@ -459,9 +462,15 @@ class GradCamAtInitAnalyzer:
         else:
             w = conv_weight.to(torch.float32).expand(n, v, c, k, k)
             b = None if conv_bias is None else conv_bias.to(torch.float32).expand(n, v)
-        th = torch.randn(n, n_outputs, v, self.visible_rows, wp, generator=generator)
+        if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+            raise ValueError(f"hidden must be None or a positive int, got {hidden!r}.")
+        first = n_outputs if hidden is None else hidden
+        th = torch.randn(n, first, v, self.visible_rows, wp, generator=generator)
         th = th * self.sigma_theta
-        return BatchedMaskedCNN(w, th, self.height, self.width, conv_bias=b)
+        out = None
+        if hidden is not None:
+            out = torch.randn(n, n_outputs, hidden, generator=generator) * self.sigma_theta
+        return BatchedMaskedCNN(w, th, self.height, self.width, conv_bias=b, head_out=out)
 
     def monte_carlo(
         self,
@@ -473,6 +482,7 @@ class GradCamAtInitAnalyzer:
         cam_kwargs: Optional[Dict[str, Any]] = None,
         attribute_kwargs: Optional[Dict[str, Any]] = None,
         conv_weight: Optional[Union[Tensor, nn.Module]] = None,
+        hidden: Optional[int] = None,
     ) -> MonteCarloResult:
         """Run a CAM class of this package on ``n_samples`` networks sampled at initialization.
 
@@ -501,6 +511,9 @@ class GradCamAtInitAnalyzer:
             Fix the convolution (``(V, C, k, k)`` or a model with ``.conv``) and draw only the
             head: the estimate is then compared with :meth:`conditional_expected_map` (Grad-CAM,
             XGrad-CAM, HiResCAM, LayerCAM).
+        hidden : int, optional
+            Sample networks with a hidden dense layer (see :meth:`sample_networks`).  No closed
+            form then (``expected``/``z`` are None); the wall still holds exactly.
 
         Returns
         -------
@@ -548,7 +561,8 @@ class GradCamAtInitAnalyzer:
                 raise ValueError(f"attribute_kwargs may not set {key!r} (monte_carlo sets it).")
         while done < n_samples:
             n = min(batch, n_samples - done)
-            net = self.sample_networks(n, gen, conv_weight=fixed_w, conv_bias=fixed_b)
+            net = self.sample_networks(n, gen, conv_weight=fixed_w, conv_bias=fixed_b,
+                                       hidden=hidden)
             cam = method(net, net.features, **ckw)
             inputs = x32.expand(n, -1, -1, -1).contiguous()
             idx = torch.arange(n)
@@ -595,7 +609,9 @@ class GradCamAtInitAnalyzer:
             extra={"n_nonfinite": n_bad, "total_mean": tot_mean, "total_stderr": tot_se},
         )
         key = _method_key(method)
-        if fixed_w is not None and key in _CONDITIONAL_METHODS:
+        if hidden is not None:
+            res.extra["hidden"] = hidden
+        elif fixed_w is not None and key in _CONDITIONAL_METHODS:
             conv = nn.Conv2d(self.in_channels, self.n_filters, self.kernel_size,
                              bias=fixed_b is not None).double()
             with torch.no_grad():

@@ -233,6 +233,10 @@ class BatchedMaskedCNN(nn.Module):
         Input size.
     conv_bias : Tensor, optional
         ``(B, V)``.
+    head_out : Tensor, optional
+        ``(B, n_outputs, hidden)``: a hidden head.  ``theta`` is then the first layer,
+        ``(B, hidden, V, r, W')``, and the output is ``head_out @ ReLU(theta . B)`` (biases 0, as in
+        :func:`masked_cnn` with ``hidden=``).
 
     Notes
     -----
@@ -251,6 +255,7 @@ class BatchedMaskedCNN(nn.Module):
         height: int,
         width: int,
         conv_bias: Optional[Tensor] = None,
+        head_out: Optional[Tensor] = None,
     ) -> None:
         super().__init__()
         if conv_weight.dim() != 5 or theta.dim() != 5 or theta.shape[0] != conv_weight.shape[0]:
@@ -275,6 +280,16 @@ class BatchedMaskedCNN(nn.Module):
             self.register_buffer("conv_bias", conv_bias.detach().clone().reshape(nb, v))
         else:
             self.conv_bias = None
+        self.head_out: Optional[Tensor]
+        if head_out is not None:
+            if head_out.dim() != 3 or head_out.shape[0] != nb or head_out.shape[2] != theta.shape[1]:
+                raise ValueError(
+                    f"head_out must be (B, n_outputs, hidden) = ({nb}, n_outputs, "
+                    f"{theta.shape[1]}), got {tuple(head_out.shape)}."
+                )
+            self.register_buffer("head_out", head_out.detach().clone())
+        else:
+            self.head_out = None
         self.features = nn.ReLU()
 
     def forward(self, x: Tensor, net_index: Optional[Tensor] = None) -> Tensor:
@@ -290,13 +305,14 @@ class BatchedMaskedCNN(nn.Module):
                     f"without net_index the batch size ({n}) must equal the number of networks "
                     f"({self.n_networks})."
                 )
-            w, th, bias = self.conv_weight, self.theta, self.conv_bias
+            w, th, bias, out = self.conv_weight, self.theta, self.conv_bias, self.head_out
         else:
             idx = net_index.reshape(-1).long()
             if idx.numel() != n:
                 raise ValueError(f"net_index has {idx.numel()} entries for a batch of {n}.")
             w, th = self.conv_weight[idx], self.theta[idx]
             bias = None if self.conv_bias is None else self.conv_bias[idx]
+            out = None if self.head_out is None else self.head_out[idx]
         z = F.conv2d(
             x.reshape(1, n * self.in_channels, self.height, self.width),
             w.reshape(n * self.n_filters, self.in_channels, self.kernel_size, self.kernel_size),
@@ -305,4 +321,7 @@ class BatchedMaskedCNN(nn.Module):
         )
         z = z.reshape(n, self.n_filters, z.shape[-2], z.shape[-1])
         b = self.features(z)
-        return torch.einsum("nvrw,novrw->no", b[:, :, : self.visible_rows, :], th)
+        y = torch.einsum("nvrw,novrw->no", b[:, :, : self.visible_rows, :], th)
+        if out is None:
+            return y
+        return torch.einsum("nh,noh->no", F.relu(y), out)
