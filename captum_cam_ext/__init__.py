@@ -22,12 +22,18 @@ from captum_cam_ext.attr import (
 )
 from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
 from captum_cam_ext.attr.guided import LayerGuidedGradCam
+from captum_cam_ext.theory import GradCamAtInitAnalyzer, masked_cnn
+from captum_cam_ext.training import InterpretableGradientLoss
+from captum_cam_ext.walls import DenseWallNet, SplitTrunkBlindNet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CamAttribution",
     "CamDetails",
+    "DenseWallNet",
+    "GradCamAtInitAnalyzer",
+    "InterpretableGradientLoss",
     "LayerAblationCam",
     "LayerCam",
     "LayerConceptorCam",
@@ -41,6 +47,8 @@ __all__ = [
     "LayerXGradCam",
     "MULTI_CAM_METHODS",
     "MultiCam",
+    "SplitTrunkBlindNet",
+    "masked_cnn",
     "normalize_maps",
     "select_target_scores",
     "upsample_maps",

@@ -377,3 +377,35 @@ def test_score_cam_falls_back_when_the_model_needs_contiguous_tensors():
     plain = cce.LayerScoreCam(m, m.act, channels_last=False)
     torch.testing.assert_close(fast.attribute(x, target=1), plain.attribute(x, target=1))
     assert fast.channels_last is False
+
+
+def test_works_inside_a_users_no_grad_block_and_restores_grad_mode():
+    m = _model()
+    x = torch.randn(2, 3, 8, 8)
+    expected = cce.LayerGradCam(m, m.relu).attribute(x, target=1)
+    for trim in (True, False):
+        with torch.no_grad():
+            got = cce.LayerGradCam(m, m.relu, trim_graph=trim).attribute(x, target=1)
+            assert not torch.is_grad_enabled()
+        torch.testing.assert_close(got, expected)
+    assert torch.is_grad_enabled()
+    with pytest.raises(ValueError):
+        cce.LayerGradCam(m, m.relu).attribute(x, target=7)
+    assert torch.is_grad_enabled()
+
+
+def test_ablation_cam_is_finite_when_the_clean_score_is_zero():
+    class ZeroScore(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            h = self.act(self.conv(x)).mean((2, 3))
+            return torch.stack([h[:, 0] - h[:, 0].detach(), h[:, 1]], dim=1)  # class 0 scores exactly 0
+
+    torch.manual_seed(10)
+    m = ZeroScore().eval()
+    maps = cce.LayerAblationCam(m, m.act).attribute(torch.randn(2, 3, 6, 6), target=0)
+    assert torch.isfinite(maps).all()

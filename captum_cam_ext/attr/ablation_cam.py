@@ -22,6 +22,9 @@ from captum_cam_ext.attr.score_cam import _check_batch_size, example_target
 class LayerAblationCam(CamAttribution):
     r"""Ablation-CAM: :math:`w_k = (y^c - y^c_{A_k \leftarrow v}) / y^c`.
 
+    (When :math:`y^c = 0` exactly, the raw drop :math:`y^c - y^c_{A_k \leftarrow v}` is used, so the
+    weights stay finite.)
+
     Each channel of the layer is set to ``ablation_value`` (default 0, the paper's choice) and
     the target score is recomputed, ``batch_size`` ablations per forward pass under
     ``torch.no_grad()``. The layer's input is computed once per example and the ablated copies
@@ -115,6 +118,7 @@ class LayerAblationCam(CamAttribution):
                         )
                         for s in range(0, k, self.batch_size)
                     ]
-                    weights[i] = (clean[i] - torch.cat(scores)) / clean[i]
+                    # relative drop; a zero clean score (no scale to divide by) keeps the raw drop
+                    weights[i] = (clean[i] - torch.cat(scores)) / (clean[i] if clean[i] != 0 else 1.0)
                 result.append(weights[:, :, None, None])
         return result
