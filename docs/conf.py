@@ -1,0 +1,53 @@
+"""Sphinx configuration of the captum-cam-ext documentation (``make docs``: ``sphinx -W``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "captum-cam-ext"
+author = "captum-cam-ext developers"
+copyright = "2026, captum-cam-ext developers"
+try:
+    from captum_cam_ext import __version__ as release
+except Exception:  # pragma: no cover - the API pages would fail anyway
+    release = "0.1.0"
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "sphinx.ext.mathjax",
+    "myst_parser",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+templates_path: list = []
+
+# numpy-style docstrings (as Captum's)
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_use_ivar = True
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+# Captum's Attribution.attribute is a typed property; do not re-document torch/captum bases
+autodoc_inherit_docstrings = True
+
+myst_enable_extensions = ["dollarmath"]
+myst_heading_anchors = 3
+
+html_theme = "alabaster"
+html_static_path = ["_static"]
+html_title = f"captum-cam-ext {release}"
+html_theme_options = {
+    "description": "CAM methods as Captum attributions",
+    "fixed_sidebar": True,
+    "page_width": "1180px",
+    "sidebar_width": "230px",
+}
