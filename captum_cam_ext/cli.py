@@ -241,7 +241,7 @@ def load_model(
         )
     if weights is not None:
         raise CliError("--weights applies to torchvision architectures; a model file has its own")
-    model = None
+    model = None  # type: ignore[assignment]
     errors = []
     import warnings
 

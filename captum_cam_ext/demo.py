@@ -128,8 +128,8 @@ def run_demo(
     target = int(top.indices[0])
     class_name, prob = top5[0]
 
-    layer = model._blocks[15]
-    cams = {
+    layer = model.get_submodule("_blocks.15")
+    cams: Dict[str, Any] = {
         "Grad-CAM": LayerGradCam(model, layer),
         "Grad-CAM++": LayerGradCamPlusPlus(model, layer),
         "Score-CAM": LayerScoreCam(model, layer, batch_size=score_batch_size),
