@@ -231,6 +231,8 @@ def _dist_context() -> Tuple[bool, int, int, bool]:
         if not dist.is_available():  # pragma: no cover - builds without distributed
             raise RuntimeError("RANK/WORLD_SIZE are set but torch.distributed is not available")
         backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        if backend == "nccl":  # one GPU per rank; object collectives use the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
         dist.init_process_group(backend=backend)
         return True, dist.get_rank(), dist.get_world_size(), True
     return False, 0, 1, False
