@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -91,9 +92,7 @@ QUICK = dict(
 
 ARCHS: Dict[str, Callable[[], nn.Module]] = {
     "resnet18s": lambda: SmallResNet18(num_classes=10, in_channels=1, widths=(16, 32, 64, 128)),
-    "mobilenetv2s": lambda: SmallMobileNetV2(
-        num_classes=10, in_channels=1, widths=(16, 16, 24, 32, 128)
-    ),
+    "mobilenetv2s": lambda: SmallMobileNetV2(num_classes=10, in_channels=1, widths=(16, 16, 24, 32, 128)),
 }
 ARCH_TITLE = {
     "resnet18s": "ResNet-18-style (16-32-64-128)",
@@ -170,9 +169,7 @@ def train_cached(
 # ------------------------------------------------------------------------------------------------
 
 
-def step_timing(
-    make: Callable[[], nn.Module], x: Tensor, y: Tensor, pairs: int, lam: float
-) -> Dict[str, float]:
+def step_timing(make: Callable[[], nn.Module], x: Tensor, y: Tensor, pairs: int, lam: float) -> Dict[str, float]:
     torch.manual_seed(0)
     plain_m = make().train()
     reg_m = copy.deepcopy(plain_m)
@@ -255,7 +252,15 @@ def attribution_metrics(
 # ------------------------------------------------------------------------------------------------
 
 
-def figure(arch: str, base: nn.Module, reg: nn.Module, x: Tensor, y: Tensor, path: Path) -> None:
+def figure(
+    arch: str,
+    base: nn.Module,
+    reg: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    path: Path,
+    title: str = "",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,19 +287,36 @@ def figure(arch: str, base: nn.Module, reg: nn.Module, x: Tensor, y: Tensor, pat
     for r, (label, imgs) in enumerate(rows):
         for c in range(n):
             ax = axes[r, c]
-            ax.imshow(
-                imgs[c, 0].detach().numpy(), cmap="gray" if r == 0 else "inferno", vmin=0, vmax=1
-            )
+            ax.imshow(imgs[c, 0].detach().numpy(), cmap="gray" if r == 0 else "inferno", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
             if r == 0:
                 ax.set_title(FASHION_MNIST_CLASSES[int(y[c])], fontsize=7)
-    fig.suptitle(f"{ARCH_TITLE[arch]}: baseline vs regularized (lam=7.5e-3, cosine)", fontsize=8)
+    fig.suptitle(title or f"{ARCH_TITLE[arch]}: baseline vs regularized (lam=7.5e-3, cosine)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def sweep_figure(cfg: Dict[str, Any], suffix: str) -> None:
+    """Gradients of the sweep's lam=0 and lam=0.3 MobileNet-style models (cached weights)."""
+    train_set = fashion_mnist_tensors("train", limit=cfg["n_train"])
+    xt, yt = fashion_mnist_tensors("test", limit=cfg["n_test"]).tensors
+    idx = torch.tensor([0, 1, 2, 3, 4, 5, 6, 8])[: min(8, cfg["n_attr"])]
+    arch = "mobilenetv2s"
+    base, _ = train_cached(f"sweep{suffix}", arch, train_set, cfg, 0.0, max_steps=cfg["sweep_steps"], epochs=99)
+    strong, _ = train_cached(f"sweep{suffix}", arch, train_set, cfg, 0.3, max_steps=cfg["sweep_steps"], epochs=99)
+    figure(
+        arch,
+        base,
+        strong,
+        xt[idx],
+        yt[idx],
+        RESULTS / f"guided_sweep_lam0.3{suffix}.png",
+        title=f"{ARCH_TITLE[arch]}, {cfg['sweep_steps']} steps: lam=0 vs lam=0.3 (cosine)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,16 +329,22 @@ def fmt(v: float, d: int = 2) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (results not written to guided.md)")
     ap.add_argument(
-        "--quick", action="store_true", help="tiny smoke run (results not written to guided.md)"
+        "--report-only",
+        action="store_true",
+        help="rewrite guided.md and the sweep figure from guided.json and the cached weights",
     )
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = QUICK if args.quick else FULL
     suffix = "_quick" if args.quick else ""
+    if args.report_only:
+        res = json.loads((RESULTS / f"guided{suffix}.json").read_text())
+        sweep_figure(cfg, suffix)
+        write_markdown(res, RESULTS / f"guided{suffix}.md", suffix)
+        return
     t_start = time.perf_counter()
     train_set = fashion_mnist_tensors("train", limit=cfg["n_train"])
     test_set = fashion_mnist_tensors("test", limit=cfg["n_test"])
@@ -334,9 +362,7 @@ def main() -> None:
             m, info = train_cached(f"main{suffix}", arch, train_set, cfg, lam)
             models[(arch, tag)] = m
             ev = evaluate(m, test_loader)
-            align_score = float(
-                gradient_alignment(m.eval(), x_attr, y_attr, objective="score").mean()
-            )
+            align_score = float(gradient_alignment(m.eval(), x_attr, y_attr, objective="score").mean())
             res["main"].setdefault(arch, {})[tag] = {
                 "lam": lam,
                 "acc": ev["acc"],
@@ -374,9 +400,7 @@ def main() -> None:
     t = time.perf_counter()
     for arch in ARCHS:
         for tag in ("base", "reg"):
-            res["main"][arch][tag]["attr"] = attribution_metrics(
-                arch, models[(arch, tag)], x_attr, y_attr, cfg
-            )
+            res["main"][arch][tag]["attr"] = attribution_metrics(arch, models[(arch, tag)], x_attr, y_attr, cfg)
     timings["attribution metrics"] = time.perf_counter() - t
 
     # 4. figures
@@ -417,15 +441,9 @@ def main() -> None:
             epochs=99,
         )
         ev = evaluate(m, test_loader)
-        maps = LayerGradCam(m, cam_layer(arch, m)).attribute(
-            x_attr, target=y_attr, relu_attributions=True
-        )
-        conf = confidence_metrics(
-            m, x_attr, maps, target=y_attr, denormalize=denorm, renormalize=renorm
-        )
-        ins = float(
-            insertion_auc(m, x_attr, maps, target=y_attr, n_steps=cfg["causal_steps"]).mean()
-        )  # type: ignore[union-attr]
+        maps = LayerGradCam(m, cam_layer(arch, m)).attribute(x_attr, target=y_attr, relu_attributions=True)
+        conf = confidence_metrics(m, x_attr, maps, target=y_attr, denormalize=denorm, renormalize=renorm)
+        ins = float(insertion_auc(m, x_attr, maps, target=y_attr, n_steps=cfg["causal_steps"]).mean())  # type: ignore[union-attr]
         last = info["history"][-1]
         res["sweep"][f"{lam:g}/{error}"] = {
             "lam": lam,
@@ -438,6 +456,7 @@ def main() -> None:
             "gradcam_AI": conf.average_increase,
             "gradcam_Ins": ins,
         }
+    sweep_figure(cfg, suffix)
     timings["sweep"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     res["timings"] = timings
@@ -446,6 +465,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "loadavg_at_end": list(os.getloadavg()),
     }
     (RESULTS / f"guided{suffix}.json").write_text(json.dumps(res, indent=1))
     write_markdown(res, RESULTS / f"guided{suffix}.md", suffix)
@@ -486,9 +506,7 @@ def write_markdown(res: Dict[str, Any], path: Path, suffix: str) -> None:
         "CAMs with ReLU; Gradient = |d y_c / dx|.\n"
     )
     L.append("## Accuracy, alignment, cost\n")
-    L.append(
-        "| model | training | test acc | cos(grad, guided grad) of CE | cos for class score | train time (s) |"
-    )
+    L.append("| model | training | test acc | cos(grad, guided grad) of CE | cos for class score | train time (s) |")
     L.append("|---|---|---|---|---|---|")
     for arch, d in res["main"].items():
         for tag in ("base", "reg"):
@@ -510,9 +528,7 @@ def write_markdown(res: Dict[str, Any], path: Path, suffix: str) -> None:
         )
     L.append("")
     L.append("## Attribution metrics, baseline vs regularized\n")
-    L.append(
-        "AD lower is better; AI, AG, Ins higher; Del lower. Bold: the better of the two trainings.\n"
-    )
+    L.append("AD lower is better; AI, AG, Ins higher; Del lower. Bold: the better of the two trainings.\n")
     better = {"AD": min, "AI": max, "AG": max, "Ins": max, "Del": min}
     for arch, d in res["main"].items():
         L.append(f"### {ARCH_TITLE[arch]}\n")
@@ -557,13 +573,17 @@ def write_markdown(res: Dict[str, Any], path: Path, suffix: str) -> None:
     L.append("## Figures\n")
     for arch in res["main"]:
         L.append(f"![{arch}](guided_{arch}{suffix}.png)\n")
+    L.append(f"![sweep](guided_sweep_lam0.3{suffix}.png)\n")
     L.append(
-        "Rows: input; |standard gradient| of the class score for the baseline and the regularized model; "
+        "Rows: input; |standard gradient| of the class score for the baseline and the regularized model "
+        "(last figure: the sweep's lam=0 and lam=0.3 models); "
         "the baseline's guided-backprop gradient (the 'teacher'); Grad-CAM and LayerCAM of both models.\n"
     )
     L.append(
         f"Platform: Python {res['platform']['python']}, torch {res['platform']['torch']}, "
-        f"{res['platform']['threads']} thread, {res['platform']['cpu']}.\n"
+        f"{res['platform']['threads']} thread, {res['platform']['cpu']}; load average at the end "
+        f"{', '.join(f'{v:.1f}' for v in res['platform'].get('loadavg_at_end', []))} "
+        "(other jobs shared the 2 cores: absolute times are inflated, the side-by-side ratios less so).\n"
     )
     path.write_text("\n".join(L))
 
