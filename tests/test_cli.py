@@ -182,3 +182,22 @@ def test_walls_audit_delegates(capsys):
     # a bad value is reported by the walls CLI itself (proves the arguments reach it) as exit 2
     assert main(["walls", "audit", "--n-test", "0"]) == 2
     assert "n_test must be a positive int" in capsys.readouterr().err
+
+
+def test_target_by_class_name_and_torchscript_refusal(photo_dir, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["explain", str(photo_dir / "chelsea.png"), "--layer", "_blocks.15",
+                 "--target", "Egyptian cat", "--out", str(out)]) == 0
+    saved = torch.load(out / "maps.pt", weights_only=False)["images"]["chelsea"]
+    assert saved["target"] == 285 and saved["class"] == "Egyptian cat"
+    assert main(["explain", str(photo_dir), "--target", "egyptian kat", "--out", str(out)]) == 2
+    assert "Did you mean: egyptian cat" in capsys.readouterr().err
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(_tiny_model(in_ch=3))
+        torch.jit.save(scripted, str(tmp_path / "ts.pt"))
+    assert main(["explain", str(photo_dir), "--model", str(tmp_path / "ts.pt"),
+                 "--out", str(out)]) == 2
+    assert "TorchScript" in capsys.readouterr().err
