@@ -313,7 +313,8 @@ def evaluate(
         Masked forwards per chunk for methods built by name (Score-CAM, Ablation-CAM).
     device : str or device, optional
         Where to run (default: the model's device). Under torchrun with CUDA each rank uses
-        ``cuda:LOCAL_RANK``.
+        ``cuda:LOCAL_RANK``. The model is moved there (``model.to(device)``) and stays there;
+        its mode and parameters are otherwise unchanged.
     progress : bool
         tqdm bar (rank 0 only).
     confidence_kwargs, causal_kwargs : dict, optional
