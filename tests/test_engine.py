@@ -409,3 +409,14 @@ def test_ablation_cam_is_finite_when_the_clean_score_is_zero():
     m = ZeroScore().eval()
     maps = cce.LayerAblationCam(m, m.act).attribute(torch.randn(2, 3, 6, 6), target=0)
     assert torch.isfinite(maps).all()
+
+
+def test_eigen_cam_restores_the_callers_thread_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = _model()
+        cce.LayerEigenCam(m, m.relu).attribute(torch.randn(2, 3, 8, 8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

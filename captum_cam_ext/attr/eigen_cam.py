@@ -8,22 +8,30 @@ import torch
 from torch import Tensor
 
 from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext._linalg import eigh
 
 
 def first_component_weights(values: Tensor) -> Tensor:
     """Channel weights ``(N, K, 1, 1)``: the first right singular vector of the centred
-    position-by-channel matrix of ``values`` ``(N, K, h, w)``, batched (one SVD call).
+    position-by-channel matrix of ``values`` ``(N, K, h, w)``, batched.
 
-    The sign of a singular vector is arbitrary; we fix it so that the projection's largest
-    absolute value is positive (the map highlights the dominant pattern, not its negative).
+    Computed from the smaller of the two Gram matrices with one batched ``eigh`` in float64
+    (``P x P`` when there are fewer positions ``P`` than channels ``K``, as at CNN heads), which
+    is much cheaper than an SVD of the ``P x K`` matrix. The sign of a singular vector is
+    arbitrary; we fix it so that the projection's largest absolute value is positive (the map
+    highlights the dominant pattern, not its negative).
     """
     n, k = values.shape[:2]
-    x = values.reshape(n, k, -1).transpose(1, 2)  # (N, P, K)
-    x = x - x.mean(dim=1, keepdim=True)
-    x = torch.nan_to_num(x)
-    _, _, vh = torch.linalg.svd(x.double(), full_matrices=False)
-    v = vh[:, 0, :]  # (N, K)
-    proj = torch.einsum("npk,nk->np", x.double(), v)
+    x = values.reshape(n, k, -1).transpose(1, 2).double()  # (N, P, K)
+    x = torch.nan_to_num(x - x.mean(dim=1, keepdim=True))
+    if x.shape[1] < k:
+        _, vecs = eigh(x @ x.transpose(1, 2))  # (N, P, P), ascending eigenvalues
+        v = torch.einsum("npk,np->nk", x, vecs[:, :, -1])
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+    else:
+        _, vecs = eigh(x.transpose(1, 2) @ x)  # (N, K, K)
+        v = vecs[:, :, -1]
+    proj = torch.einsum("npk,nk->np", x, v)
     idx = proj.abs().argmax(dim=1, keepdim=True)
     sign = torch.sign(proj.gather(1, idx)).clamp_min(0) * 2 - 1
     return (v * sign).to(values.dtype)[:, :, None, None]
