@@ -47,15 +47,6 @@ _NEGATIVES = ("none", "classes", "channels", "both")
 _COMBINE = ("and_not", "or_not", "sum")
 _LAYOUTS = ("spatial", "channel")
 _POSITIVE_DATA = ("positive", "signed")
-_INTERPOLATE_MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
-
-
-def _slice_target(target: TargetSpec, start: int, stop: int, n: int) -> TargetSpec:
-    if isinstance(target, Tensor) and target.dim() == 1 and target.shape[0] == n:
-        return target[start:stop]
-    if isinstance(target, (list, tuple)) and len(target) == n:
-        return list(target[start:stop])
-    return target
 
 
 def _check_aperture(value: Any, name: str) -> ApertureSpec:
@@ -503,18 +494,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         base = self.base
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        if interpolate_mode not in _INTERPOLATE_MODES:
-            raise ValueError(
-                f"interpolate_mode must be one of {_INTERPOLATE_MODES}, got {interpolate_mode!r}"
-            )
-        if internal_batch_size is not None and (
-            isinstance(internal_batch_size, bool)
-            or not isinstance(internal_batch_size, int)
-            or internal_batch_size < 1
-        ):
-            raise ValueError(
-                f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}"
-            )
+        base._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
         n = tup[0].shape[0]
         if upsample_to_input and tup[0].dim() < 3:
             raise ValueError(
@@ -522,14 +502,12 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
             )
         input_size = (int(tup[0].shape[-2]), int(tup[0].shape[-1])) if upsample_to_input else None
         parts = []
-        step = n if internal_batch_size is None else internal_batch_size
-        for start in range(0, n, step):
-            stop = min(start + step, n)
+        for start, stop in base._chunks(n, internal_batch_size):
             sub = tuple(x[start:stop] for x in tup)
             gathered = self._gather(
                 sub,
                 slice_args(args, start, stop, n),
-                _slice_target(target, start, stop, n),
+                base._slice_target(target, start, stop, n),
                 attribute_to_layer_input,
                 backward_rule,
             )
