@@ -504,6 +504,62 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         self._check_inputs_match_model(tup)
         return self._compute(tup, args, target, attribute_to_layer_input, backward_rule)
 
+    def compute_for_targets(
+        self,
+        inputs: TensorOrTuple,
+        targets: Union[Tensor, Callable[[Tensor], Tensor]],
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+    ) -> List[List[CamDetails]]:
+        """:meth:`compute` for several classes per example, sharing the expensive passes.
+
+        Perturbation methods (Score-CAM, Ablation-CAM) score every class from the same masked
+        forward passes, so ``T`` targets cost about one target. Gradient methods run one
+        :meth:`compute` per column.
+
+        Parameters
+        ----------
+        inputs, additional_forward_args, attribute_to_layer_input :
+            As in :meth:`attribute`.
+        targets : LongTensor or callable
+            ``(N, T)`` class indices, or a callable mapping the clean outputs ``(N, C)`` to them
+            (e.g. the top-``T`` classes).
+
+        Returns
+        -------
+        list of list of CamDetails
+            ``result[t][l]``: target column ``t``, layer ``l``.
+        """
+        tup = format_inputs(inputs)
+        args = _format_additional_forward_args(additional_forward_args)
+        self._check_inputs_match_model(tup)
+        if not self.uses_perturbation:
+            if callable(targets) and not isinstance(targets, Tensor):
+                with torch.no_grad():
+                    targets = targets(run_forward(self.forward_func, tup, args))
+            index = self._check_target_matrix(targets, None)
+            return [self._compute(tup, args, index[:, t], attribute_to_layer_input) for t in range(index.shape[1])]
+        acts, _, outputs = self._record(tup, args, None, attribute_to_layer_input, with_gradients=False)
+        if callable(targets) and not isinstance(targets, Tensor):
+            targets = targets(outputs)
+        index = self._check_target_matrix(targets, outputs)
+        layer_acts = [self._to_maps(a, lay).float() for a, lay in zip(acts, self.layers)]
+        weights = self._perturbation_weights(tup, args, index, layer_acts, outputs, attribute_to_layer_input)
+        return [
+            [CamDetails(a, None, w[t], self.fuse(a, w[t]), index[:, t], outputs) for a, w in zip(layer_acts, weights)]
+            for t in range(index.shape[1])
+        ]
+
+    @staticmethod
+    def _check_target_matrix(targets: Any, outputs: Optional[Tensor]) -> Tensor:
+        if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.is_floating_point():
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"targets must be an integer tensor of shape (N, T), got {shape}")
+        if outputs is not None:
+            for t in range(targets.shape[1]):
+                resolve_target(outputs, targets[:, t])  # validates the range and the batch size
+        return targets.long()
+
     def _postprocess(
         self,
         cams: List[Tensor],

@@ -341,3 +341,25 @@ def test_errors():
     )
     with pytest.raises(ValueError, match="NaN"):
         LayerConceptorCam(nan_model, nan_model[1], negatives="channels").attribute(x)
+
+
+@pytest.mark.parametrize("base_cls", ["LayerScoreCam", "LayerAblationCam"])
+def test_perturbation_bases_score_competitors_from_the_same_passes(base_cls):
+    """The shared-pass path equals one base.compute per competitor class, fused the same way."""
+    import captum_cam_ext as cce
+
+    torch.manual_seed(11)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+    ).eval()  # fmt: skip
+    x = torch.randn(3, 3, 8, 8)
+    base = getattr(cce, base_cls)(model, model[3])
+    cc = cce.LayerConceptorCam(model, base=base, negatives="both", k=2)
+    got = cc.compute_maps(x, target=[0, 3, 1])[0]
+    d = base.compute(x, target=[0, 3, 1])[0]
+    comps = cc._competitors(d.outputs, d.target)
+    alone = [base.compute(x, target=comps[:, j])[0] for j in range(2)]
+    comp_data = [(c.activations, c.weights) for c in alone]
+    expected = cc._fuse_all([(d.activations, d.weights, d.cam, comp_data)])[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

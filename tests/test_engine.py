@@ -420,3 +420,24 @@ def test_eigen_cam_restores_the_callers_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES, ids=[c.__name__ for c in ALL_CLASSES])
+def test_compute_for_targets_equals_one_compute_per_target(cls):
+    m = _model()
+    x = torch.randn(3, 3, 8, 8)
+    targets = torch.tensor([[0, 1, 3], [2, 2, 0], [3, 1, 2]])
+    cam = cls(m, m.relu)
+    together = cam.compute_for_targets(x, targets)
+    assert len(together) == 3
+    for t in range(3):
+        alone = cam.compute(x, target=targets[:, t])[0]
+        torch.testing.assert_close(together[t][0].weights, alone.weights, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(together[t][0].cam, alone.cam, atol=1e-6, rtol=1e-5)
+        assert torch.equal(together[t][0].target, targets[:, t])
+    by_callable = cam.compute_for_targets(x, lambda out: out.topk(2, dim=1).indices)
+    torch.testing.assert_close(by_callable[1][0].cam, cam.compute(x, target=m(x).topk(2, dim=1).indices[:, 1])[0].cam)
+    with pytest.raises(ValueError, match=r"\(N, T\)"):
+        cam.compute_for_targets(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="out of range"):
+        cam.compute_for_targets(x, torch.tensor([[0], [1], [9]]))

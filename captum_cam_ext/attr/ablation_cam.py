@@ -16,7 +16,7 @@ from captum_cam_ext._engine import (
     select_target_scores,
     slice_args,
 )
-from captum_cam_ext.attr.score_cam import _check_batch_size, example_target
+from captum_cam_ext.attr.score_cam import _check_batch_size, example_target, per_target_weights, target_scores
 
 
 class LayerAblationCam(CamAttribution):
@@ -90,7 +90,7 @@ class LayerAblationCam(CamAttribution):
                 out = run_forward(self.forward_func, batch, repeat_args(args_i, b))
         finally:
             handle.remove()
-        return select_target_scores(out, tgt).float()
+        return target_scores(out, tgt)
 
     def _perturbation_weights(
         self,
@@ -102,12 +102,15 @@ class LayerAblationCam(CamAttribution):
         to_input: bool = False,
     ) -> List[Tensor]:
         n = inputs[0].shape[0]
-        clean = select_target_scores(outputs, target).float()
+        if isinstance(target, Tensor) and target.dim() == 2:  # several classes per example
+            clean = outputs.gather(1, target.to(outputs.device)).float()
+        else:
+            clean = select_target_scores(outputs, target).float()[:, None]
         result = []
         with torch.no_grad():
             for layer, acts in zip(self.layers, activations):
                 k = acts.shape[1]
-                weights = torch.empty(n, k, dtype=torch.float32, device=acts.device)
+                weights = torch.empty(n, k, clean.shape[1], dtype=torch.float32, device=acts.device)
                 for i in range(n):
                     example = tuple(x[i : i + 1] for x in inputs)
                     args_i = slice_args(args, i, i + 1, n)
@@ -119,6 +122,7 @@ class LayerAblationCam(CamAttribution):
                         for s in range(0, k, self.batch_size)
                     ]
                     # relative drop; a zero clean score (no scale to divide by) keeps the raw drop
-                    weights[i] = (clean[i] - torch.cat(scores)) / (clean[i] if clean[i] != 0 else 1.0)
-                result.append(weights[:, :, None, None])
+                    scale = torch.where(clean[i] != 0, clean[i], torch.ones_like(clean[i]))
+                    weights[i] = (clean[i] - torch.cat(scores)) / scale
+                result.append(per_target_weights(weights, target))
         return result

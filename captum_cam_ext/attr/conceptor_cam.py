@@ -424,6 +424,18 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         base = self.base
         if self._uses_classes and base.uses_gradients and not base.uses_perturbation:
             return self._one_pass(inputs, args, target, to_input, backward_rule)
+        callable_target = callable(target) and not isinstance(target, Tensor)
+        if self._uses_classes and base.uses_perturbation and not callable_target:
+            # perturbation bases score the target and its competitors from the same passes
+            def with_competitors(outputs: Tensor) -> Tensor:
+                index = resolve_target(outputs, target)
+                return torch.cat([index[:, None], self._competitors(outputs, index)], dim=1)
+
+            per_target = base.compute_for_targets(inputs, with_competitors, args, to_input)
+            return [
+                (d.activations, d.weights, d.cam, [(c[li].activations, c[li].weights) for c in per_target[1:]])
+                for li, d in enumerate(per_target[0])
+            ]
         details = base.compute(inputs, target, args, to_input, backward_rule)
         comps: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in details]
         if self._uses_classes:

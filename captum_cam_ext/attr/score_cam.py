@@ -26,10 +26,25 @@ def _check_batch_size(batch_size: int) -> int:
 
 
 def example_target(target: TargetSpec, i: int) -> TargetSpec:
-    """The target of example ``i`` (an index tensor is sliced; a callable is kept)."""
+    """The target of example ``i``: an int from an ``(N,)`` index tensor, the row of classes
+    from an ``(N, T)`` one (several targets scored from the same passes); a callable is kept."""
     if isinstance(target, Tensor):
-        return int(target[i])
+        return target[i] if target.dim() == 2 else int(target[i])
     return target
+
+
+def target_scores(outputs: Tensor, target: TargetSpec) -> Tensor:
+    """Scores ``(b, T)`` of one example's perturbed copies: ``T`` classes, or one column."""
+    if isinstance(target, Tensor) and target.dim() == 1:
+        return outputs[:, target.to(outputs.device)].float()
+    return select_target_scores(outputs, target).float()[:, None]
+
+
+def per_target_weights(weights: Tensor, target: TargetSpec) -> Tensor:
+    """``(N, K, T)`` weights to ``(N, K, 1, 1)``, or ``(T, N, K, 1, 1)`` for ``(N, T)`` targets."""
+    if isinstance(target, Tensor) and target.dim() == 2:
+        return weights.permute(2, 0, 1)[..., None, None]
+    return weights[:, :, 0, None, None]
 
 
 class LayerScoreCam(CamAttribution):
@@ -107,7 +122,8 @@ class LayerScoreCam(CamAttribution):
             for acts in activations:
                 masks = self.masks(acts, (x0.shape[-2], x0.shape[-1]))
                 constant = acts.flatten(2).amax(2) == acts.flatten(2).amin(2)  # (N, K)
-                scores = torch.empty(acts.shape[:2], dtype=torch.float32, device=acts.device)
+                n_targets = target.shape[1] if isinstance(target, Tensor) and target.dim() == 2 else 1
+                scores = torch.empty(*acts.shape[:2], n_targets, dtype=torch.float32, device=acts.device)
                 for i in range(n):
                     rest = tuple(x[i : i + 1] for x in inputs[1:])
                     args_i = slice_args(args, i, i + 1, n)
@@ -122,12 +138,12 @@ class LayerScoreCam(CamAttribution):
                             r.expand(idx.numel(), *r.shape[1:]) for r in rest
                         )
                         out = self._forward_masked(batch, repeat_args(args_i, idx.numel()))
-                        got.append(select_target_scores(out, tgt).float())
+                        got.append(target_scores(out, tgt))
                     vals = torch.cat(got)
                     if bool(constant[i].any()):
                         scores[i, constant[i]] = vals[-1]
                         scores[i, live] = vals[:-1]
                     else:
                         scores[i] = vals
-                result.append(torch.softmax(scores, dim=1)[:, :, None, None])
+                result.append(per_target_weights(torch.softmax(scores, dim=1), target))
         return result
