@@ -275,6 +275,7 @@ def speed(runs: int, log: Callable[[str], None]) -> List[str]:
         ("HiResCAM", LayerHiResCam, {}, "both"),
         ("Grad-CAM", LayerGradCam, {}, "channels"),
         ("Ablation-CAM", LayerAblationCam, {"batch_size": 512}, "channels"),
+        ("Ablation-CAM", LayerAblationCam, {"batch_size": 512}, "both"),
     ]
     lines = [
         "| base | negatives | base median (s) | Conceptor-CAM median (s) | ratio |",
@@ -401,9 +402,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "",
         f"Medians of {2 if q else 5} interleaved runs of `attribute` (1 thread). Goal: <= 1.3x. "
         "Score-CAM is not timed on ResNet-50 (2048 masked forwards per image). With "
-        "negatives='classes'/'both', perturbation bases run `compute` once more per competitor "
-        "class, i.e. cost (k+1) = 4x their base; gradient bases get the competitor gradients "
-        "from the same forward pass (one extra backward through the head per class).",
+        "negatives='classes'/'both', perturbation bases score the target and its competitor "
+        "classes from the same masked/ablated passes (`compute_for_targets`); gradient bases get "
+        "the competitor gradients from the same forward pass (one extra backward through the "
+        "head per class).",
         "",
     ]
     out += speed(2 if q else 5, log)

@@ -254,7 +254,8 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
     negatives : {'both', 'classes', 'channels', 'none'}
         Pseudo-negative evidence: top-``k`` competitor classes (N1), negatively weighted channels
         (N2), both (default) or none. N1 is computed from one forward pass for gradient methods
-        (one extra cheap backward per class); perturbation methods run ``k`` extra ``compute``.
+        (one extra cheap backward per class); perturbation methods score all ``k + 1`` classes
+        from the same masked passes (:meth:`CamAttribution.compute_for_targets`).
     k : int
         Number of competitor classes (N1), default 3.
     combine : {'and_not', 'or_not', 'sum'}
