@@ -345,6 +345,8 @@ class CamAttribution(LayerAttribution, GradientAttribution):
 
     uses_gradients: ClassVar[bool] = True
     uses_perturbation: ClassVar[bool] = False
+    #: The backward rule used when ``attribute``/``compute`` get ``backward_rule=None``.
+    default_backward_rule: ClassVar[str] = "standard"
     name: ClassVar[str] = "cam"
 
     def __init__(
@@ -491,7 +493,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         target: TargetSpec = None,
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
-        backward_rule: str = "standard",
+        backward_rule: Optional[str] = None,
     ) -> List[CamDetails]:
         """Activations, gradients, weights and the raw fused map, one :class:`CamDetails` per layer.
 
@@ -500,9 +502,9 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        self._check_post_args("bilinear", None, backward_rule)
+        rule = self._check_post_args("bilinear", None, backward_rule)
         self._check_inputs_match_model(tup)
-        return self._compute(tup, args, target, attribute_to_layer_input, backward_rule)
+        return self._compute(tup, args, target, attribute_to_layer_input, rule)
 
     def compute_for_targets(
         self,
@@ -538,7 +540,10 @@ class CamAttribution(LayerAttribution, GradientAttribution):
                 with torch.no_grad():
                     targets = targets(run_forward(self.forward_func, tup, args))
             index = self._check_target_matrix(targets, None)
-            return [self._compute(tup, args, index[:, t], attribute_to_layer_input) for t in range(index.shape[1])]
+            rule = self.default_backward_rule
+            return [
+                self._compute(tup, args, index[:, t], attribute_to_layer_input, rule) for t in range(index.shape[1])
+            ]
         acts, _, outputs = self._record(tup, args, None, attribute_to_layer_input, with_gradients=False)
         if callable(targets) and not isinstance(targets, Tensor):
             targets = targets(outputs)
@@ -594,16 +599,20 @@ class CamAttribution(LayerAttribution, GradientAttribution):
                         f"convert one to the other (inputs.to({dtype}) or model.to({x.dtype}))"
                     )
 
-    @staticmethod
-    def _check_post_args(interpolate_mode: str, internal_batch_size: Optional[int], backward_rule: str) -> None:
-        if backward_rule not in _BACKWARD_RULES:
-            raise ValueError(f"backward_rule must be one of {_BACKWARD_RULES}, got {backward_rule!r}")
+    def _check_post_args(
+        self, interpolate_mode: str, internal_batch_size: Optional[int], backward_rule: Optional[str]
+    ) -> str:
+        """Validate the common options; return the backward rule in force (the class default for None)."""
+        rule = self.default_backward_rule if backward_rule is None else backward_rule
+        if rule not in _BACKWARD_RULES:
+            raise ValueError(f"backward_rule must be one of {_BACKWARD_RULES}, got {rule!r}")
         if interpolate_mode not in _INTERPOLATE_MODES:
             raise ValueError(f"interpolate_mode must be one of {_INTERPOLATE_MODES}, got {interpolate_mode!r}")
         if internal_batch_size is not None and (
             not isinstance(internal_batch_size, int) or isinstance(internal_batch_size, bool) or internal_batch_size < 1
         ):
             raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+        return rule
 
     @staticmethod
     def _chunks(n: int, size: Optional[int]) -> List[Tuple[int, int]]:
@@ -630,7 +639,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         interpolate_mode: str = "bilinear",
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
-        backward_rule: str = "standard",
+        backward_rule: Optional[str] = None,
     ) -> Tensor:
         r"""Compute the class activation map of each example.
 
@@ -659,9 +668,10 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         internal_batch_size : int, optional
             Process at most this many examples per forward/backward pass (bounded memory). The
             result does not depend on it.
-        backward_rule : str
+        backward_rule : str, optional
             ``"standard"`` or ``"guided"`` (ReLUs between the output and the layer apply the
-            guided-backpropagation rule; see :mod:`captum_cam_ext.attr.guided`).
+            guided-backpropagation rule; see :mod:`captum_cam_ext.attr.guided`). None: the class
+            default (``"guided"`` for :class:`~captum_cam_ext.LayerGuidedGradCam`).
 
         Returns
         -------
@@ -671,7 +681,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
+        rule = self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
         self._check_inputs_match_model(tup)
         n = tup[0].shape[0]
         input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
@@ -685,7 +695,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
                 slice_args(args, start, stop, n),
                 self._slice_target(target, start, stop, n),
                 attribute_to_layer_input,
-                backward_rule,
+                rule,
             )
             parts.append(
                 self._postprocess([d.cam for d in details], input_size, relu_attributions, interpolate_mode, normalize)  # type: ignore[arg-type]

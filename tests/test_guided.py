@@ -241,3 +241,20 @@ def test_layer_guided_gradcam_is_gradcam_with_guided_rule() -> None:
     )
     assert torch.equal(std, plain.attribute(x, target=[1, 4]))
     assert _n_hooks(model) == 0
+
+
+def test_guided_default_reaches_the_wrappers():
+    """LayerGuidedGradCam's default rule is used by compute and by Conceptor-CAM over it."""
+    from captum_cam_ext import LayerConceptorCam, LayerGradCam, LayerGuidedGradCam
+
+    torch.manual_seed(12)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    guided = LayerGuidedGradCam(model, model.layer3)
+    plain = LayerGradCam(model, model.layer3)
+    by_default = guided.compute(x, target=1)[0].cam
+    torch.testing.assert_close(by_default, plain.compute(x, target=1, backward_rule="guided")[0].cam)
+    assert not torch.allclose(guided.compute(x, target=1)[0].cam, plain.compute(x, target=1)[0].cam)
+    over_guided = LayerConceptorCam(model, base=guided, negatives="none").attribute(x, target=1)
+    over_plain = LayerConceptorCam(model, base=plain, negatives="none").attribute(x, target=1, backward_rule="guided")
+    torch.testing.assert_close(over_guided, over_plain)

@@ -473,14 +473,13 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         target: TargetSpec = None,
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
-        backward_rule: str = "standard",
+        backward_rule: Optional[str] = None,
     ) -> List[Tensor]:
         """Raw conceptor maps ``s = C m`` (before ReLU), one ``(N, 1, h, w)`` tensor per layer."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        return self._fuse_all(
-            self._gather(tup, args, target, attribute_to_layer_input, backward_rule)
-        )
+        rule = self.base._check_post_args("bilinear", None, backward_rule)
+        return self._fuse_all(self._gather(tup, args, target, attribute_to_layer_input, rule))
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -494,7 +493,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         interpolate_mode: str = "bilinear",
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
-        backward_rule: str = "standard",
+        backward_rule: Optional[str] = None,
     ) -> Tensor:
         r"""Conceptor-CAM maps; arguments and output as :meth:`CamAttribution.attribute`.
 
@@ -507,7 +506,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         base = self.base
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        base._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
+        rule = base._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
         n = tup[0].shape[0]
         if upsample_to_input and tup[0].dim() < 3:
             raise ValueError(
@@ -522,7 +521,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
                 slice_args(args, start, stop, n),
                 base._slice_target(target, start, stop, n),
                 attribute_to_layer_input,
-                backward_rule,
+                rule,
             )
             maps = self._fuse_all(gathered)
             parts.append(

@@ -93,14 +93,14 @@ class MultiCam(CamAttribution):
         target: TargetSpec = None,
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
-        backward_rule: str = "standard",
+        backward_rule: Optional[str] = None,
     ) -> Dict[str, List[Tensor]]:
         """The raw fused maps ``{name: [ (N,1,h,w) per layer ]}`` from one pass."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        self._check_post_args("bilinear", None, backward_rule)
+        rule = self._check_post_args("bilinear", None, backward_rule)
         self._check_inputs_match_model(tup)
-        return self._maps(tup, args, target, attribute_to_layer_input, backward_rule)
+        return self._maps(tup, args, target, attribute_to_layer_input, rule)
 
     def _maps(self, tup: Any, args: Any, target: TargetSpec, to_input: bool, rule: str) -> Dict[str, List[Tensor]]:
         acts, grads, _ = self._record(tup, args, target, to_input, with_gradients=True, backward_rule=rule)
@@ -121,12 +121,12 @@ class MultiCam(CamAttribution):
         interpolate_mode: str = "bilinear",
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
-        backward_rule: str = "standard",
+        backward_rule: Optional[str] = None,
     ) -> Dict[str, Tensor]:  # type: ignore[override]
         """Same arguments as :meth:`CamAttribution.attribute`; returns ``{name: maps}``."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
+        rule = self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
         self._check_inputs_match_model(tup)
         n = tup[0].shape[0]
         input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
@@ -137,7 +137,7 @@ class MultiCam(CamAttribution):
                 slice_args(args, start, stop, n),
                 self._slice_target(target, start, stop, n),
                 attribute_to_layer_input,
-                backward_rule,
+                rule,
             )
             for name, cams in maps.items():
                 parts[name].append(self._postprocess(cams, input_size, relu_attributions, interpolate_mode, normalize))  # type: ignore[arg-type]
