@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 TargetSpec = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
+RawMaps = Dict[str, List[Tensor]]  # {name: [raw (N, 1, h, w) map per layer]}
 
 _INTERPOLATE_MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
 _BACKWARD_RULES = ("standard", "guided")
@@ -679,25 +680,48 @@ class CamAttribution(LayerAttribution, GradientAttribution):
             ``(N, 1, h, w)`` at the layer's resolution, or ``(N, 1, H, W)`` with
             ``upsample_to_input=True``; with several layers, at the largest layer's resolution.
         """
+        def raw_maps(tup: Tuple[Tensor, ...], args: Any, target: TargetSpec, to_input: bool, rule: str) -> RawMaps:
+            return {"cam": [d.cam for d in self._compute(tup, args, target, to_input, rule)]}
+
+        return self._attribute_in_chunks(
+            raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
+            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+        )["cam"]  # fmt: skip
+
+    def _attribute_in_chunks(
+        self,
+        raw_maps: Callable[[Tuple[Tensor, ...], Any, TargetSpec, bool, str], RawMaps],
+        inputs: TensorOrTuple,
+        target: TargetSpec,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+        relu_attributions: bool,
+        upsample_to_input: bool,
+        interpolate_mode: str,
+        normalize: bool,
+        internal_batch_size: Optional[int],
+        backward_rule: Optional[str],
+    ) -> Dict[str, Tensor]:
+        """The body of every ``attribute``: validate, split into chunks of examples, get the raw
+        maps of each chunk from ``raw_maps`` (``{name: [map per layer]}``), post-process, concatenate."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
         rule = self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
         self._check_inputs_match_model(tup)
-        n = tup[0].shape[0]
-        input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
         if upsample_to_input and tup[0].dim() < 3:
             raise ValueError(f"upsample_to_input needs spatial inputs (N, C, H, W), got {tuple(tup[0].shape)}")
-        parts = []
+        n = tup[0].shape[0]
+        input_size = (tup[0].shape[-2], tup[0].shape[-1]) if upsample_to_input else None
+        parts: Dict[str, List[Tensor]] = {}
         for start, stop in self._chunks(n, internal_batch_size):
-            sub = tuple(x[start:stop] for x in tup)
-            details = self._compute(
-                sub,
+            maps = raw_maps(
+                tuple(x[start:stop] for x in tup),
                 slice_args(args, start, stop, n),
                 self._slice_target(target, start, stop, n),
                 attribute_to_layer_input,
                 rule,
             )
-            parts.append(
-                self._postprocess([d.cam for d in details], input_size, relu_attributions, interpolate_mode, normalize)  # type: ignore[arg-type]
-            )
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            for name, cams in maps.items():
+                post = self._postprocess(cams, input_size, relu_attributions, interpolate_mode, normalize)
+                parts.setdefault(name, []).append(post)
+        return {name: p[0] if len(p) == 1 else torch.cat(p, dim=0) for name, p in parts.items()}

@@ -24,12 +24,12 @@ from torch import Tensor, nn
 from captum_cam_ext._engine import (
     CamAttribution,
     LayerSpec,
+    RawMaps,
     TargetSpec,
     TensorOrTuple,
     _LayerRecorder,
     format_inputs,
     resolve_target,
-    slice_args,
 )
 from captum_cam_ext.attr.grad_cam import LayerGradCam
 from captum_cam_ext.conceptor import (
@@ -503,28 +503,10 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
             ``(N, 1, h, w)`` at the layer's resolution, ``(N, 1, H, W)`` with
             ``upsample_to_input=True``.
         """
-        base = self.base
-        tup = format_inputs(inputs)
-        args = _format_additional_forward_args(additional_forward_args)
-        rule = base._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
-        n = tup[0].shape[0]
-        if upsample_to_input and tup[0].dim() < 3:
-            raise ValueError(
-                f"upsample_to_input needs spatial inputs (N, C, H, W), got {tuple(tup[0].shape)}"
-            )
-        input_size = (int(tup[0].shape[-2]), int(tup[0].shape[-1])) if upsample_to_input else None
-        parts = []
-        for start, stop in base._chunks(n, internal_batch_size):
-            sub = tuple(x[start:stop] for x in tup)
-            gathered = self._gather(
-                sub,
-                slice_args(args, start, stop, n),
-                base._slice_target(target, start, stop, n),
-                attribute_to_layer_input,
-                rule,
-            )
-            maps = self._fuse_all(gathered)
-            parts.append(
-                base._postprocess(maps, input_size, relu_attributions, interpolate_mode, normalize)
-            )  # type: ignore[arg-type]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        def raw_maps(tup: Tuple[Tensor, ...], args: Any, target: TargetSpec, to_input: bool, rule: str) -> RawMaps:
+            return {"cam": self._fuse_all(self._gather(tup, args, target, to_input, rule))}
+
+        return self.base._attribute_in_chunks(
+            raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
+            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+        )["cam"]  # fmt: skip

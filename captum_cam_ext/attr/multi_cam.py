@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Type, Union
 
-import torch
 from captum._utils.common import _format_additional_forward_args
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution, LayerSpec, TargetSpec, TensorOrTuple, format_inputs, slice_args
+from captum_cam_ext._engine import CamAttribution, LayerSpec, TargetSpec, TensorOrTuple, format_inputs
 from captum_cam_ext.attr.eigen_cam import LayerEigenCam, LayerEigenGradCam
 from captum_cam_ext.attr.grad_cam import LayerGradCam
 from captum_cam_ext.attr.grad_cam_pp import LayerGradCamPlusPlus
@@ -124,21 +123,7 @@ class MultiCam(CamAttribution):
         backward_rule: Optional[str] = None,
     ) -> Dict[str, Tensor]:  # type: ignore[override]
         """Same arguments as :meth:`CamAttribution.attribute`; returns ``{name: maps}``."""
-        tup = format_inputs(inputs)
-        args = _format_additional_forward_args(additional_forward_args)
-        rule = self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
-        self._check_inputs_match_model(tup)
-        n = tup[0].shape[0]
-        input_size = tuple(tup[0].shape[-2:]) if upsample_to_input else None
-        parts: Dict[str, List[Tensor]] = {name: [] for name in self.methods}
-        for start, stop in self._chunks(n, internal_batch_size):
-            maps = self._maps(
-                tuple(x[start:stop] for x in tup),
-                slice_args(args, start, stop, n),
-                self._slice_target(target, start, stop, n),
-                attribute_to_layer_input,
-                rule,
-            )
-            for name, cams in maps.items():
-                parts[name].append(self._postprocess(cams, input_size, relu_attributions, interpolate_mode, normalize))  # type: ignore[arg-type]
-        return {name: torch.cat(p, dim=0) for name, p in parts.items()}
+        return self._attribute_in_chunks(
+            self._maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
+            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+        )  # fmt: skip
