@@ -17,13 +17,14 @@ rounding. Example::
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from captum_cam_ext._distributed import process_group
 
 __all__ = [
     "METHOD_NAMES",
@@ -221,23 +222,6 @@ def _split_item(batch: Any) -> Tuple[Tensor, Optional[Tensor]]:
     )
 
 
-def _dist_context() -> Tuple[bool, int, int, bool]:
-    """(distributed?, rank, world_size, we_initialised_the_group)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_rank(), dist.get_world_size(), False
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        if not dist.is_available():  # pragma: no cover - builds without distributed
-            raise RuntimeError("RANK/WORLD_SIZE are set but torch.distributed is not available")
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-        if backend == "nccl":  # one GPU per rank; object collectives use the current device
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
-        dist.init_process_group(backend=backend)
-        return True, dist.get_rank(), dist.get_world_size(), True
-    return False, 0, 1, False
-
-
 def _resolve_methods(
     methods: Union[Sequence[Union[str, Any]], Mapping[str, Any]],
     model: Callable, layer: Optional[nn.Module], batch_size: int,
@@ -345,15 +329,10 @@ def evaluate(
         raise ValueError("the dataset is empty")
     cams = _resolve_methods(methods, model, layer, method_batch_size)
 
-    distributed, rank, world, owns_group = _dist_context()
-    try:
-        if device is None:
-            if distributed and torch.cuda.is_available():
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-            else:
-                p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-                device = p.device if p is not None else torch.device("cpu")
-        device = torch.device(device)
+    p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    with process_group(device, default_device=p.device if p is not None else None) as ctx:
+        distributed, rank, world = ctx.distributed, ctx.rank, ctx.world_size
+        device = ctx.device
         if isinstance(model, nn.Module):
             model.to(device)
         indexed = _Indexed(dataset)
@@ -411,8 +390,7 @@ def evaluate(
         if distributed:
             import torch.distributed as dist
 
-            backend = dist.get_backend()
-            dev = device if backend == "nccl" else torch.device("cpu")
+            dev = device if ctx.backend == "nccl" else torch.device("cpu")
             vec_d = vec.to(dev)
             dist.all_reduce(vec_d, op=dist.ReduceOp.SUM)
             vec = vec_d.cpu()
@@ -443,11 +421,6 @@ def evaluate(
         if n != n_total:  # pragma: no cover - guarded by the sampler
             raise RuntimeError(f"evaluated {n} examples, the dataset has {n_total}")
         return EvaluationResult(means, sums, counts, per_example, n, world, secs)
-    finally:
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def results_markdown(result: EvaluationResult, title: Optional[str] = None) -> str:

@@ -10,9 +10,8 @@ that every rank holds the same model. The process group is destroyed again if ``
 from __future__ import annotations
 
 import math
-import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -20,25 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from captum_cam_ext._distributed import DistributedContext, distributed_env, process_group
 from captum_cam_ext.training.loss import ERRORS, InterpretableGradientLoss
 
 __all__ = ["train", "evaluate", "distributed_env"]
-
-
-def distributed_env() -> Tuple[int, int, int]:
-    """``(world_size, rank, local_rank)`` read from the ``torchrun`` environment variables."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return world, rank, local
-
-
-def _resolve_device(device: Optional[Any], local_rank: int) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def _shard_loader(loader: DataLoader, world: int, rank: int, seed: int) -> DataLoader:
@@ -151,93 +135,93 @@ def train(
     if not float(lam) >= 0.0:
         raise ValueError(f"lam must be >= 0, got {lam}")
 
-    world, rank, local_rank = distributed_env()
-    distributed = world > 1
-    dev = _resolve_device(device, local_rank)
-    created_group = False
-    if distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        created_group = True
-    try:
-        model.to(dev)
+    with process_group(device, default_device="cuda" if torch.cuda.is_available() else "cpu") as ctx:
+        model.to(ctx.device)
         model.train()
         if optimizer is None:
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         net: nn.Module = model
-        if distributed:
+        if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-            loader = _shard_loader(loader, world, rank, seed)
-        use_reg_loss = float(lam) > 0.0 or track_alignment
-        reg_loss = (
-            InterpretableGradientLoss(net, lam=lam, error=error, detach_guided=detach_guided)
-            if use_reg_loss
-            else None
-        )
-
-        history: List[Dict[str, float]] = []
-        steps = 0
-        for epoch in range(int(epochs)):
-            sampler = getattr(loader, "sampler", None)
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
-            sums = {
-                "ce": 0.0,
-                "reg": 0.0,
-                "total": 0.0,
-                "cosine": 0.0,
-                "acc": 0.0,
-                "step_seconds": 0.0,
-            }
-            n_steps = 0
-            bar = _progress(
-                loader, progress and rank == 0, f"epoch {epoch + 1}/{epochs} lam={lam:g}"
-            )
-            for batch in bar:
-                inputs, targets = batch[0].to(dev), batch[1].to(dev)
-                t0 = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                if reg_loss is not None:
-                    total, ce, reg = reg_loss(inputs, targets)
-                    logits = reg_loss.last_logits
-                    cos = float(reg_loss.last_cosine.mean())  # type: ignore[union-attr]
-                else:
-                    logits = net(inputs)
-                    total = ce = F.cross_entropy(logits, targets)
-                    reg = torch.tensor(math.nan)
-                    cos = math.nan
-                total.backward()
-                optimizer.step()
-                dt = time.perf_counter() - t0
-                acc = float((logits.argmax(1) == targets).float().mean())  # type: ignore[union-attr]
-                for k, v in (("ce", ce), ("reg", reg), ("total", total)):
-                    sums[k] += float(v.detach())
-                sums["cosine"] += cos
-                sums["acc"] += acc
-                sums["step_seconds"] += dt
-                n_steps += 1
-                steps += 1
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(
-                        ce=f"{float(ce):.3f}", reg=f"{float(reg):.3f}", cos=f"{cos:.3f}"
-                    )
-                if max_steps is not None and steps >= int(max_steps):
-                    break
-            if hasattr(bar, "close"):
-                bar.close()
-            means = {k: v / max(n_steps, 1) for k, v in sums.items()}
-            means = _all_mean(means, float(n_steps), distributed, dev)
-            history.append({"epoch": float(epoch + 1), "steps": float(n_steps), **means})
-            if max_steps is not None and steps >= int(max_steps):
-                break
-        if distributed:
+            net = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            loader = _shard_loader(loader, ctx.world_size, ctx.rank, seed)
+        try:
+            history = _run_epochs(
+                net, loader, optimizer, ctx, int(epochs), float(lam), error, detach_guided,
+                max_steps, track_alignment, progress,
+            )  # fmt: skip
+        finally:
+            del net  # the DDP wrapper holds the process group: release it before the group goes
+        if ctx.distributed:
             for buf in model.buffers():
                 dist.broadcast(buf, src=0)
         return history
-    finally:
-        if created_group:
-            dist.destroy_process_group()
+
+
+def _run_epochs(
+    net: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    ctx: DistributedContext,
+    epochs: int,
+    lam: float,
+    error: str,
+    detach_guided: bool,
+    max_steps: Optional[int],
+    track_alignment: bool,
+    progress: bool,
+) -> List[Dict[str, float]]:
+    dev = ctx.device
+    use_reg_loss = lam > 0.0 or track_alignment
+    reg_loss = (
+        InterpretableGradientLoss(net, lam=lam, error=error, detach_guided=detach_guided) if use_reg_loss else None
+    )
+    history: List[Dict[str, float]] = []
+    steps = 0
+    for epoch in range(epochs):
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        sums = {"ce": 0.0, "reg": 0.0, "total": 0.0, "cosine": 0.0, "acc": 0.0, "step_seconds": 0.0}
+        n_steps = 0
+        bar = _progress(loader, progress and ctx.rank == 0, f"epoch {epoch + 1}/{epochs} lam={lam:g}")
+        for batch in bar:
+            inputs, targets = batch[0].to(dev), batch[1].to(dev)
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            if reg_loss is not None:
+                total, ce, reg = reg_loss(inputs, targets)
+                logits = reg_loss.last_logits
+                cos = float(reg_loss.last_cosine.mean())  # type: ignore[union-attr]
+            else:
+                logits = net(inputs)
+                total = ce = F.cross_entropy(logits, targets)
+                reg = torch.tensor(math.nan)
+                cos = math.nan
+            total.backward()
+            optimizer.step()
+            dt = time.perf_counter() - t0
+            acc = float((logits.argmax(1) == targets).float().mean())  # type: ignore[union-attr]
+            for k, v in (("ce", ce), ("reg", reg), ("total", total)):
+                sums[k] += float(v.detach())
+            sums["cosine"] += cos
+            sums["acc"] += acc
+            sums["step_seconds"] += dt
+            n_steps += 1
+            steps += 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(ce=f"{float(ce):.3f}", reg=f"{float(reg):.3f}", cos=f"{cos:.3f}")
+            if max_steps is not None and steps >= int(max_steps):
+                break
+        if hasattr(bar, "close"):
+            bar.close()
+        means = {k: v / max(n_steps, 1) for k, v in sums.items()}
+        means = _all_mean(means, float(n_steps), ctx.distributed, dev)
+        history.append({"epoch": float(epoch + 1), "steps": float(n_steps), **means})
+        if max_steps is not None and steps >= int(max_steps):
+            break
+    return history
 
 
 def _progress(loader: Any, enabled: bool, desc: str) -> Any:
