@@ -49,7 +49,7 @@ from captum_cam_ext import (  # noqa: E402
     LayerScoreCam,
     LayerXGradCam,
 )
-from captum_cam_ext.attr.guided import guided_relus  # noqa: E402
+from captum_cam_ext.backprop import guided_relus  # noqa: E402
 from captum_cam_ext.data.fashion_mnist import (  # noqa: E402
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,

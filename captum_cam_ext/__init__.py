@@ -21,7 +21,7 @@ from captum_cam_ext.attr import (
     MultiCam,
 )
 from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
-from captum_cam_ext.attr.guided import LayerGuidedGradCam
+from captum_cam_ext.attr.guided_grad_cam import LayerGuidedGradCam
 from captum_cam_ext.theory import GradCamAtInitAnalyzer, masked_cnn
 from captum_cam_ext.training import InterpretableGradientLoss
 from captum_cam_ext.walls import DenseWallNet, SplitTrunkBlindNet

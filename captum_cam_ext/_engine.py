@@ -25,12 +25,13 @@ from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_cam_ext._maps import check_interpolate_mode, normalize_maps, upsample_maps
+
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 TargetSpec = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
 RawMaps = Dict[str, List[Tensor]]  # {name: [raw (N, 1, h, w) map per layer]}
 
-_INTERPOLATE_MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
 _BACKWARD_RULES = ("standard", "guided")
 
 
@@ -66,45 +67,6 @@ class CamDetails:
 # --------------------------------------------------------------------------------------------
 # Small shared helpers (also used by the metrics and by Conceptor-CAM)
 # --------------------------------------------------------------------------------------------
-
-
-def normalize_maps(maps: Tensor, eps: float = 1e-7) -> Tensor:
-    """Min-max normalise each example of ``maps`` to ``[0, 1]``.
-
-    Parameters
-    ----------
-    maps : Tensor
-        ``(N, ...)``; the minimum and maximum are taken over every dimension but the first.
-    eps : float
-        Added to the range, so a constant map becomes 0 (as pytorch-grad-cam does).
-
-    Returns
-    -------
-    Tensor
-        Same shape as ``maps``.
-    """
-    if not isinstance(maps, Tensor):
-        raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
-    if maps.dim() < 2:
-        raise ValueError(f"maps must have a batch dimension and at least one more, got {tuple(maps.shape)}")
-    flat = maps.reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
-    return ((flat - lo) / (hi - lo + eps)).reshape(maps.shape)
-
-
-def upsample_maps(maps: Tensor, size: Tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Resize ``(N, C, h, w)`` maps to ``size`` with :meth:`LayerAttribution.interpolate`.
-
-    Bilinear and bicubic use ``align_corners=False`` (pixel centres, as OpenCV's ``resize``).
-    """
-    if mode not in _INTERPOLATE_MODES:
-        raise ValueError(f"interpolate_mode must be one of {_INTERPOLATE_MODES}, got {mode!r}")
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    if mode in ("bilinear", "bicubic"):
-        return F.interpolate(maps, size=size, mode=mode, align_corners=False)
-    return LayerAttribution.interpolate(maps, tuple(size), interpolate_mode=mode)
 
 
 def select_target_scores(outputs: Tensor, target: TargetSpec) -> Tensor:
@@ -429,7 +391,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
             return _no_op()
         if not isinstance(self.forward_func, nn.Module):
             raise TypeError("backward_rule='guided' needs forward_func to be an nn.Module (its ReLUs are hooked)")
-        from captum_cam_ext.attr.guided import guided_relus
+        from captum_cam_ext.backprop import guided_relus
 
         return guided_relus(self.forward_func)
 
@@ -607,8 +569,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         rule = self.default_backward_rule if backward_rule is None else backward_rule
         if rule not in _BACKWARD_RULES:
             raise ValueError(f"backward_rule must be one of {_BACKWARD_RULES}, got {rule!r}")
-        if interpolate_mode not in _INTERPOLATE_MODES:
-            raise ValueError(f"interpolate_mode must be one of {_INTERPOLATE_MODES}, got {interpolate_mode!r}")
+        check_interpolate_mode(interpolate_mode)
         if internal_batch_size is not None and (
             not isinstance(internal_batch_size, int) or isinstance(internal_batch_size, bool) or internal_batch_size < 1
         ):
@@ -671,7 +632,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
             result does not depend on it.
         backward_rule : str, optional
             ``"standard"`` or ``"guided"`` (ReLUs between the output and the layer apply the
-            guided-backpropagation rule; see :mod:`captum_cam_ext.attr.guided`). None: the class
+            guided-backpropagation rule; see :mod:`captum_cam_ext.backprop`). None: the class
             default (``"guided"`` for :class:`~captum_cam_ext.LayerGuidedGradCam`).
 
         Returns

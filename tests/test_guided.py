@@ -1,4 +1,4 @@
-"""The guided backward rule (captum_cam_ext.attr.guided) against Captum and closed forms."""
+"""The guided backward rule (captum_cam_ext.backprop) against Captum and closed forms."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_cam_ext import LayerGradCam
-from captum_cam_ext.attr.guided import (
+from captum_cam_ext import LayerGradCam, LayerGuidedGradCam
+from captum_cam_ext.backprop import (
     BackwardRule,
-    LayerGuidedGradCam,
     find_relus,
     guided_relus,
     switchable_relus,

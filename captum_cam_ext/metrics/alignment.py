@@ -12,8 +12,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from captum_cam_ext.attr.guided import switchable_relus
-from captum_cam_ext.training.loss import input_gradients, per_example_cosine
+from captum_cam_ext.backprop import input_gradients, per_example_cosine, switchable_relus
 
 __all__ = ["gradient_alignment"]
 

@@ -16,7 +16,7 @@ Our choices (not confirmed from the paper, see ``docs/interpretable_gradients.md
 - ``E_cos(a, b) = 1 - <a, b> / max(|a| |b|, eps)`` on the flattened per-example gradients;
   ``E_mse`` and ``E_mae`` are the per-example mean squared / absolute differences;
 - the guided gradient is a fixed target (stop-gradient) by default (``detach_guided=True``);
-- one forward pass serves both gradients (:func:`captum_cam_ext.attr.guided.switchable_relus`).
+- one forward pass serves both gradients (:func:`captum_cam_ext.backprop.switchable_relus`).
 
 ``d L_R / d theta`` needs the derivative of a gradient: the standard input gradient is taken with
 ``create_graph=True`` (double backpropagation).
@@ -26,13 +26,19 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_cam_ext.attr.guided import find_relus, switchable_relus
+from captum_cam_ext.backprop import find_relus, input_gradients, per_example_cosine
 
-__all__ = ["ERRORS", "LossTerms", "InterpretableGradientLoss", "gradient_error", "input_gradients"]
+__all__ = [
+    "ERRORS",
+    "LossTerms",
+    "InterpretableGradientLoss",
+    "gradient_error",
+    "input_gradients",
+    "per_example_cosine",
+]
 
 ERRORS: Tuple[str, ...] = ("cosine", "mse", "mae")
 
@@ -61,32 +67,6 @@ def _check_error(error: str) -> str:
     return error
 
 
-def per_example_cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
-    """Cosine between the flattened per-example tensors ``a`` and ``b``.
-
-    Parameters
-    ----------
-    a, b : Tensor
-        ``(N, ...)`` of the same shape.
-    eps : float
-        Lower bound on ``|a| |b|`` (a zero gradient gives cosine 0).
-
-    Returns
-    -------
-    Tensor
-        ``(N,)``.
-    """
-    if a.shape != b.shape:
-        raise ValueError(
-            f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-    a2 = a.reshape(a.shape[0], -1)
-    b2 = b.reshape(b.shape[0], -1)
-    dot = (a2 * b2).sum(dim=1)
-    norms = a2.norm(dim=1) * b2.norm(dim=1)
-    return dot / norms.clamp_min(eps)
-
-
 def gradient_error(standard: Tensor, guided: Tensor, error: str = "cosine") -> Tensor:
     """Per-example error ``E(dx_i, dx'_i)`` between two input gradients.
 
@@ -110,73 +90,6 @@ def gradient_error(standard: Tensor, guided: Tensor, error: str = "cosine") -> T
     if error == "mse":
         return diff.pow(2).mean(dim=1)
     return diff.abs().mean(dim=1)
-
-
-def _check_batch(inputs: Tensor, targets: Tensor) -> None:
-    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
-        raise TypeError("inputs and targets must be tensors")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
-    if targets.dim() != 1 or targets.shape[0] != inputs.shape[0] or targets.dtype != torch.long:
-        raise ValueError(
-            "targets must be a LongTensor of class indices with shape (N,) matching inputs "
-            f"(N={inputs.shape[0]}), got dtype {targets.dtype} and shape {tuple(targets.shape)}"
-        )
-
-
-def input_gradients(
-    model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
-    create_graph: bool = False,
-    detach_guided: bool = True,
-    retain_graph: Optional[bool] = None,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Standard and guided input gradients of the summed cross-entropy, from one forward.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Classifier returning logits ``(N, C)``; must contain ``nn.ReLU`` / ``nn.ReLU6`` modules.
-    inputs : Tensor
-        ``(N, ...)`` floating-point batch.
-    targets : Tensor
-        ``(N,)`` LongTensor of class indices.
-    create_graph : bool
-        Keep the graph of the **standard** gradient (for double backprop), and of the guided one
-        when ``detach_guided=False``. The forward graph is kept as well (``retain_graph``).
-    detach_guided : bool
-        Treat the guided gradient as a constant.
-    retain_graph : bool, optional
-        Keep the forward graph after the two gradients (e.g. to backpropagate the logits
-        later); defaults to ``create_graph``.
-
-    Returns
-    -------
-    logits : Tensor
-        ``(N, C)``.
-    standard : Tensor
-        ``(N, ...)`` ``d sum_i CE_i / d x``.
-    guided : Tensor
-        ``(N, ...)`` the same with the guided rule at every ReLU.
-    """
-    _check_batch(inputs, targets)
-    x = inputs.detach().requires_grad_(True)
-    with torch.enable_grad():
-        with switchable_relus(model) as rule:
-            logits = model(x)
-        if not isinstance(logits, Tensor) or logits.dim() != 2:
-            raise ValueError("model must return logits of shape (N, num_classes)")
-        ce_sum = F.cross_entropy(logits, targets, reduction="sum")
-        with rule.use("guided"):
-            (guided,) = torch.autograd.grad(
-                ce_sum, x, retain_graph=True, create_graph=create_graph and not detach_guided
-            )
-        keep = create_graph if retain_graph is None else retain_graph
-        (standard,) = torch.autograd.grad(ce_sum, x, retain_graph=keep, create_graph=create_graph)
-    if detach_guided:
-        guided = guided.detach()
-    return logits, standard, guided
 
 
 class InterpretableGradientLoss(nn.Module):

@@ -1,4 +1,4 @@
-"""The guided backward rule at ReLUs as reusable machinery.
+"""Backpropagation machinery: the guided backward rule at ReLUs, and standard vs guided input gradients.
 
 Guided backpropagation (Springenberg et al., 2015) changes only the backward pass of the ReLUs.
 For ``v = relu(u)`` with upstream gradient ``g = dL/dv``:
@@ -37,6 +37,7 @@ import contextlib
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -45,7 +46,8 @@ __all__ = [
     "find_relus",
     "guided_relus",
     "switchable_relus",
-    "LayerGuidedGradCam",
+    "input_gradients",
+    "per_example_cosine",
 ]
 
 RULES: Tuple[str, ...] = ("standard", "guided")
@@ -230,30 +232,98 @@ def switchable_relus(model: nn.Module, modules: Optional[Sequence[nn.Module]] = 
 
 
 # ------------------------------------------------------------------------------------------------
-# Guided Grad-CAM weights: Grad-CAM whose gradients come back through guided ReLUs
+# Standard and guided input gradients from one forward pass
 # ------------------------------------------------------------------------------------------------
 
-from captum_cam_ext.attr.grad_cam import LayerGradCam  # noqa: E402  (after the machinery above)
 
+def per_example_cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    """Cosine between the flattened per-example tensors ``a`` and ``b``.
 
-class LayerGuidedGradCam(LayerGradCam):
-    r"""Grad-CAM whose layer gradients are computed with the guided rule at every ReLU.
+    Parameters
+    ----------
+    a, b : Tensor
+        ``(N, ...)`` of the same shape.
+    eps : float
+        Lower bound on ``|a| |b|`` (a zero gradient gives cosine 0).
 
-    The channel weights are :math:`w_k = \frac{1}{hw}\sum_p \partial^G y^c / \partial A_k(p)`,
-    where :math:`\partial^G` backpropagates with the guided rule at the ``nn.ReLU`` /
-    ``nn.ReLU6`` modules between the output and the layer (:func:`guided_relus`). It is
-    :class:`LayerGradCam` with ``backward_rule="guided"`` as the default of :meth:`attribute` and
-    :meth:`compute`; ``backward_rule="standard"`` gives plain Grad-CAM back.
-
-    This is *not* Captum's ``GuidedGradCam`` (Grad-CAM map times the guided-backprop input
-    gradient); here the guided rule changes the CAM weights only, and the result is a CAM at the
-    layer's resolution.
-
-    Examples
-    --------
-    >>> cam = LayerGuidedGradCam(model, model.layer4)          # doctest: +SKIP
-    >>> maps = cam.attribute(images, target=3, relu_attributions=True)  # doctest: +SKIP
+    Returns
+    -------
+    Tensor
+        ``(N,)``.
     """
+    if a.shape != b.shape:
+        raise ValueError(
+            f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    a2 = a.reshape(a.shape[0], -1)
+    b2 = b.reshape(b.shape[0], -1)
+    dot = (a2 * b2).sum(dim=1)
+    norms = a2.norm(dim=1) * b2.norm(dim=1)
+    return dot / norms.clamp_min(eps)
 
-    name = "guided_gradcam"
-    default_backward_rule = "guided"
+
+def _check_batch(inputs: Tensor, targets: Tensor) -> None:
+    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError("inputs and targets must be tensors")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
+    if targets.dim() != 1 or targets.shape[0] != inputs.shape[0] or targets.dtype != torch.long:
+        raise ValueError(
+            "targets must be a LongTensor of class indices with shape (N,) matching inputs "
+            f"(N={inputs.shape[0]}), got dtype {targets.dtype} and shape {tuple(targets.shape)}"
+        )
+
+
+def input_gradients(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    create_graph: bool = False,
+    detach_guided: bool = True,
+    retain_graph: Optional[bool] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Standard and guided input gradients of the summed cross-entropy, from one forward.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier returning logits ``(N, C)``; must contain ``nn.ReLU`` / ``nn.ReLU6`` modules.
+    inputs : Tensor
+        ``(N, ...)`` floating-point batch.
+    targets : Tensor
+        ``(N,)`` LongTensor of class indices.
+    create_graph : bool
+        Keep the graph of the **standard** gradient (for double backprop), and of the guided one
+        when ``detach_guided=False``. The forward graph is kept as well (``retain_graph``).
+    detach_guided : bool
+        Treat the guided gradient as a constant.
+    retain_graph : bool, optional
+        Keep the forward graph after the two gradients (e.g. to backpropagate the logits
+        later); defaults to ``create_graph``.
+
+    Returns
+    -------
+    logits : Tensor
+        ``(N, C)``.
+    standard : Tensor
+        ``(N, ...)`` ``d sum_i CE_i / d x``.
+    guided : Tensor
+        ``(N, ...)`` the same with the guided rule at every ReLU.
+    """
+    _check_batch(inputs, targets)
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with switchable_relus(model) as rule:
+            logits = model(x)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            raise ValueError("model must return logits of shape (N, num_classes)")
+        ce_sum = F.cross_entropy(logits, targets, reduction="sum")
+        with rule.use("guided"):
+            (guided,) = torch.autograd.grad(
+                ce_sum, x, retain_graph=True, create_graph=create_graph and not detach_guided
+            )
+        keep = create_graph if retain_graph is None else retain_graph
+        (standard,) = torch.autograd.grad(ce_sum, x, retain_graph=keep, create_graph=create_graph)
+    if detach_guided:
+        guided = guided.detach()
+    return logits, standard, guided
