@@ -1,5 +1,6 @@
 """captum-cam-ext: class-activation-map methods as drop-in Captum attribution classes."""
 
+from captum_cam_ext import registry
 from captum_cam_ext._engine import (
     CamAttribution,
     CamDetails,
@@ -11,17 +12,18 @@ from captum_cam_ext.attr import (
     MULTI_CAM_METHODS,
     LayerAblationCam,
     LayerCam,
+    LayerConceptorCam,
     LayerEigenCam,
     LayerEigenGradCam,
     LayerGradCam,
     LayerGradCamPlusPlus,
+    LayerGuidedGradCam,
     LayerHiResCam,
     LayerScoreCam,
     LayerXGradCam,
     MultiCam,
 )
-from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
-from captum_cam_ext.attr.guided_grad_cam import LayerGuidedGradCam
+from captum_cam_ext.registry import methods, register_method
 from captum_cam_ext.theory import GradCamAtInitAnalyzer, masked_cnn
 from captum_cam_ext.training import InterpretableGradientLoss
 from captum_cam_ext.walls import DenseWallNet, SplitTrunkBlindNet
@@ -49,6 +51,9 @@ __all__ = [
     "MultiCam",
     "SplitTrunkBlindNet",
     "masked_cnn",
+    "methods",
+    "register_method",
+    "registry",
     "normalize_maps",
     "select_target_scores",
     "upsample_maps",

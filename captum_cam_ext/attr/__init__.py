@@ -1,22 +1,31 @@
-"""One module per CAM method; each is mostly a weighting function over the shared engine."""
+"""One module per CAM method; each is mostly a weighting function over the shared engine.
 
-from captum_cam_ext.attr.ablation_cam import LayerAblationCam
-from captum_cam_ext.attr.eigen_cam import LayerEigenCam, LayerEigenGradCam
+Importing this package registers every method in :mod:`captum_cam_ext.registry`, in the order
+below (the order of ``captum_cam_ext.methods()``).
+"""
+
+# ruff: noqa: I001  (the import order is the registration order of the methods)
 from captum_cam_ext.attr.grad_cam import LayerGradCam
 from captum_cam_ext.attr.grad_cam_pp import LayerGradCamPlusPlus
+from captum_cam_ext.attr.xgrad_cam import LayerXGradCam
 from captum_cam_ext.attr.hires_cam import LayerHiResCam
 from captum_cam_ext.attr.layer_cam import LayerCam
-from captum_cam_ext.attr.multi_cam import MULTI_CAM_METHODS, MultiCam
+from captum_cam_ext.attr.eigen_cam import LayerEigenCam, LayerEigenGradCam
 from captum_cam_ext.attr.score_cam import LayerScoreCam
-from captum_cam_ext.attr.xgrad_cam import LayerXGradCam
+from captum_cam_ext.attr.ablation_cam import LayerAblationCam
+from captum_cam_ext.attr.guided_grad_cam import LayerGuidedGradCam
+from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
+from captum_cam_ext.attr.multi_cam import MULTI_CAM_METHODS, MultiCam
 
 __all__ = [
     "LayerAblationCam",
     "LayerCam",
+    "LayerConceptorCam",
     "LayerEigenCam",
     "LayerEigenGradCam",
     "LayerGradCam",
     "LayerGradCamPlusPlus",
+    "LayerGuidedGradCam",
     "LayerHiResCam",
     "LayerScoreCam",
     "LayerXGradCam",

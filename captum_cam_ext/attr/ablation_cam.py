@@ -17,8 +17,10 @@ from captum_cam_ext._engine import (
     slice_args,
 )
 from captum_cam_ext.attr.score_cam import _check_batch_size, example_target, per_target_weights, target_scores
+from captum_cam_ext.registry import register_method
 
 
+@register_method
 class LayerAblationCam(CamAttribution):
     r"""Ablation-CAM: :math:`w_k = (y^c - y^c_{A_k \leftarrow v}) / y^c`.
 

@@ -39,6 +39,7 @@ from captum_cam_ext.conceptor import (
     disjunction,
     negation,
 )
+from captum_cam_ext.registry import register_method
 
 __all__ = ["LayerConceptorCam", "conceptor_fusion"]
 
@@ -226,6 +227,7 @@ def conceptor_fusion(
     return s.reshape(b, 1, h, w).to(activations.dtype)
 
 
+@register_method(aliases=("conceptorcam", "conceptor-cam"))
 class LayerConceptorCam(LayerAttribution, GradientAttribution):
     r"""Conceptor-CAM on top of any CAM method of the package.
 
@@ -273,6 +275,8 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
     rtol : float, optional
         Relative eigenvalue threshold of the conceptor algebra.
     """
+
+    name = "conceptor"
 
     def __init__(
         self,

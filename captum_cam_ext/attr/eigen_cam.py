@@ -9,6 +9,7 @@ from torch import Tensor
 
 from captum_cam_ext._engine import CamAttribution
 from captum_cam_ext._linalg import eigh
+from captum_cam_ext.registry import register_method
 
 
 def first_component_weights(values: Tensor) -> Tensor:
@@ -43,6 +44,7 @@ def _centred_sum(weighted: Tensor) -> Tensor:
     return values - values.mean(dim=(2, 3), keepdim=True)
 
 
+@register_method
 class LayerEigenCam(CamAttribution):
     r"""Eigen-CAM: the projection of the centred activations on their first principal component.
 
@@ -61,6 +63,7 @@ class LayerEigenCam(CamAttribution):
         return _centred_sum(weights * activations)
 
 
+@register_method
 class LayerEigenGradCam(CamAttribution):
     r"""Eigen-Grad-CAM: the first principal component of gradients * activations.
 

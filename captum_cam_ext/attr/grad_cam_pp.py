@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 
 from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext.registry import register_method
 
 
+@register_method
 class LayerGradCamPlusPlus(CamAttribution):
     r"""Grad-CAM++: positive gradients weighted by the second/third-order coefficients.
 

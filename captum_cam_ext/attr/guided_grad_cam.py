@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from captum_cam_ext.attr.grad_cam import LayerGradCam
+from captum_cam_ext.registry import register_method
 
 
+@register_method
 class LayerGuidedGradCam(LayerGradCam):
     r"""Grad-CAM whose layer gradients are computed with the guided rule at every ReLU.
 

@@ -7,8 +7,10 @@ from typing import Optional
 from torch import Tensor
 
 from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext.registry import register_method
 
 
+@register_method
 class LayerHiResCam(CamAttribution):
     r"""HiResCAM: per-position weights :math:`W_k(p) = \partial y^c/\partial A_k(p)`.
 

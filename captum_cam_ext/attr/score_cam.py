@@ -17,6 +17,7 @@ from captum_cam_ext._engine import (
     select_target_scores,
     slice_args,
 )
+from captum_cam_ext.registry import register_method
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -47,6 +48,7 @@ def per_target_weights(weights: Tensor, target: TargetSpec) -> Tensor:
     return weights[:, :, 0, None, None]
 
 
+@register_method
 class LayerScoreCam(CamAttribution):
     r"""Score-CAM: each channel's weight is the model's score on the input masked by that channel.
 

@@ -7,8 +7,10 @@ from typing import Optional
 from torch import Tensor
 
 from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext.registry import register_method
 
 
+@register_method
 class LayerXGradCam(CamAttribution):
     r"""XGrad-CAM: :math:`w_k = \sum_p \frac{A_k(p)}{\sum_q A_k(q)}\, \partial y^c / \partial A_k(p)`."""
 
