@@ -1,8 +1,10 @@
 """Dataset-scale evaluation of CAM methods with the package's metrics, on one or many processes.
 
 :func:`evaluate` walks a dataset in batches, computes every method's maps and, per example, the
-confidence metrics (Average Drop / Increase / Gain, :mod:`captum_cam_ext.metrics.confidence`)
-and optionally the RISE deletion / insertion AUCs (:mod:`captum_cam_ext.metrics.causal`).
+requested metrics. Methods come from the method registry (:func:`captum_cam_ext.registry.methods`:
+any registered name or alias), metrics from the metric registry
+(:func:`captum_cam_ext.metrics.registry.metric_specs`: Average Drop / Increase / Gain, the RISE
+deletion / insertion AUCs, ...); metrics of one group are computed by one call per batch.
 
 Scaling out. Started under ``torchrun`` (the environment variables ``RANK`` and ``WORLD_SIZE`` are
 set), it joins the process group (``gloo`` on CPU, ``nccl`` on GPU; created when missing), splits
@@ -17,6 +19,7 @@ rounding. Example::
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -24,108 +27,72 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from captum_cam_ext._distributed import process_group
+import captum_cam_ext.attr  # noqa: F401  (importing it registers every CAM method)
+from captum_cam_ext._distributed import DistributedContext, process_group
+from captum_cam_ext.metrics.registry import (
+    MetricSpec,
+    compute_group,
+    default_metric_names,
+    metric_specs,
+    resolve_metrics,
+)
+from captum_cam_ext.registry import canonical_method_name, create_method, methods, normalize_method_name
 
 __all__ = [
-    "METHOD_NAMES",
-    "METRIC_NAMES",
     "EvaluationResult",
     "ExactDistributedSampler",
-    "make_method",
     "evaluate",
+    "make_method",
     "results_markdown",
 ]
 
-#: Metric names, in report order (higher/lower is better in :data:`METRIC_DIRECTION`).
-METRIC_NAMES = ("average_drop", "average_increase", "average_gain", "deletion_auc", "insertion_auc")
-METRIC_DIRECTION = {
-    "average_drop": "lower",
-    "average_increase": "higher",
-    "average_gain": "higher",
-    "deletion_auc": "lower",
-    "insertion_auc": "higher",
-}
+
+def __getattr__(name: str) -> Any:
+    """Read-only views kept for old callers: ``METRIC_NAMES``, ``METRIC_DIRECTION``, ``METHOD_NAMES``.
+
+    ``METRIC_NAMES`` / ``METRIC_DIRECTION`` are views of
+    :func:`captum_cam_ext.metrics.registry.metric_specs`; ``METHOD_NAMES`` of
+    :func:`captum_cam_ext.registry.methods`. New code reads the registries.
+    """
+    if name == "METRIC_NAMES":
+        return tuple(metric_specs())
+    if name == "METRIC_DIRECTION":
+        return {n: s.direction for n, s in metric_specs().items()}
+    if name == "METHOD_NAMES":
+        return tuple(methods())
+    if name == "_canonical":  # the command line's import until its split lands (issue 9)
+        return _canonical_or_key
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _method_table() -> Dict[str, Any]:
-    from captum_cam_ext.attr import (
-        LayerAblationCam,
-        LayerCam,
-        LayerEigenCam,
-        LayerEigenGradCam,
-        LayerGradCam,
-        LayerGradCamPlusPlus,
-        LayerHiResCam,
-        LayerScoreCam,
-        LayerXGradCam,
-    )
-    from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
-
-    return {
-        "gradcam": LayerGradCam,
-        "gradcam++": LayerGradCamPlusPlus,
-        "xgradcam": LayerXGradCam,
-        "hirescam": LayerHiResCam,
-        "layercam": LayerCam,
-        "eigencam": LayerEigenCam,
-        "eigengradcam": LayerEigenGradCam,
-        "scorecam": LayerScoreCam,
-        "ablationcam": LayerAblationCam,
-        "conceptorcam": LayerConceptorCam,
-    }
-
-
-#: Method names accepted by :func:`make_method` (and the command line).
-METHOD_NAMES: Tuple[str, ...] = (
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "hirescam",
-    "layercam",
-    "eigencam",
-    "eigengradcam",
-    "scorecam",
-    "ablationcam",
-    "conceptorcam",
-)
-_PERTURBATION = ("scorecam", "ablationcam")
-
-
-def _canonical(name: str) -> str:
-    key = name.strip().lower().replace("-", "").replace("_", "").replace("plusplus", "++")
-    key = key.replace("gradcampp", "gradcam++")
-    return key
+def _canonical_or_key(name: str) -> str:
+    try:
+        return canonical_method_name(name)
+    except ValueError:
+        return normalize_method_name(name)
 
 
 def make_method(name: str, model: Callable, layer: nn.Module, batch_size: int = 32) -> Any:
-    """Build a CAM attribution object by name.
+    """Build a registered CAM method by name: :func:`captum_cam_ext.registry.create_method`.
 
     Parameters
     ----------
     name : str
-        One of :data:`METHOD_NAMES` (case, ``-`` and ``_`` are ignored: ``"Grad-CAM++"`` works).
+        A registered name or alias (``captum_cam_ext.methods()``; case, ``-`` and ``_`` are
+        ignored: ``"Grad-CAM++"`` works).
     model : nn.Module or callable
         The model, output ``(N, classes)``.
     layer : nn.Module
         The target layer.
     batch_size : int
-        Masked forward passes per chunk for Score-CAM / Ablation-CAM.
+        Masked forward passes per chunk for the methods that take one (Score-CAM, Ablation-CAM).
 
     Raises
     ------
     ValueError
-        Unknown name (the message lists the known ones).
+        Unknown name (the message lists the registered ones).
     """
-    if not isinstance(name, str):
-        raise TypeError(f"a method name must be a str, got {type(name).__name__}")
-    key = _canonical(name)
-    table = _method_table()
-    if key not in table:
-        raise ValueError(f"unknown CAM method {name!r}; choose from {', '.join(METHOD_NAMES)}")
-    cls = table[key]
-    if key in _PERTURBATION:
-        return cls(model, layer, batch_size=batch_size)
-    return cls(model, layer)
+    return create_method(name, model, layer, batch_size=batch_size)
 
 
 @dataclass
@@ -223,32 +190,26 @@ def _split_item(batch: Any) -> Tuple[Tensor, Optional[Tensor]]:
 
 
 def _resolve_methods(
-    methods: Union[Sequence[Union[str, Any]], Mapping[str, Any]],
-    model: Callable, layer: Optional[nn.Module], batch_size: int,
+    methods: Union[str, Sequence[Union[str, Any]], Mapping[str, Any]],
+    model: Callable,
+    layer: Optional[nn.Module],
+    batch_size: int,
 ) -> Dict[str, Any]:
+    """``{row name: attribution object}`` from names (registry), classes or objects."""
     if isinstance(methods, str):
         methods = [methods]
     if isinstance(methods, Mapping):
         items = list(methods.items())
     else:
-        items = []
-        for m in methods:
-            if isinstance(m, str):
-                items.append((m, m))
-            else:
-                items.append((type(m).__name__, m))
+        items = [(m, m) if isinstance(m, str) else (type(m).__name__, m) for m in methods]
     if not items:
         raise ValueError("methods is empty; pass e.g. ['gradcam', 'scorecam']")
     out: Dict[str, Any] = {}
     for name, m in items:
-        if isinstance(m, str):
+        if isinstance(m, (str, type)):
             if layer is None:
-                raise ValueError("layer is required when methods are given by name")
-            m = make_method(m, model, layer, batch_size=batch_size)
-        elif isinstance(m, type):
-            if layer is None:
-                raise ValueError("layer is required when methods are given as classes")
-            m = m(model, layer)
+                raise ValueError("layer is required when methods are given by name or class")
+            m = create_method(m, model, layer, batch_size=batch_size) if isinstance(m, str) else m(model, layer)
         if not hasattr(m, "attribute"):
             raise TypeError(f"method {name!r} has no .attribute(); pass a name or a CAM object")
         if name in out:
@@ -257,20 +218,159 @@ def _resolve_methods(
     return out
 
 
+def _check_target_mode(target: str) -> str:
+    if target not in ("pred", "label"):
+        raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
+    return target
+
+
+def _batch_target(model: Callable, x: Tensor, label: Optional[Tensor], target: str) -> Tensor:
+    """The classes to explain: the dataset labels or the model's predictions."""
+    if target == "label":
+        if label is None:
+            raise ValueError("target='label' needs (input, label) dataset items")
+        return label.to(x.device).long()
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def _group_options(
+    metric_options: Optional[Mapping[str, Mapping[str, Any]]],
+    confidence_kwargs: Optional[Dict[str, Any]],
+    causal_kwargs: Optional[Dict[str, Any]],
+    causal_steps: int,
+) -> Dict[str, Dict[str, Any]]:
+    """Keyword arguments per metric group; the named shorthands fill in the groups they describe."""
+    opts: Dict[str, Dict[str, Any]] = {
+        "confidence": dict(confidence_kwargs or {}),
+        "deletion": {"n_steps": causal_steps, **(causal_kwargs or {})},
+        "insertion": {"n_steps": causal_steps, **(causal_kwargs or {})},
+    }
+    for group, kw in (metric_options or {}).items():
+        opts[group] = {**opts.get(group, {}), **dict(kw)}
+    return opts
+
+
+def _groups(specs: Sequence[MetricSpec]) -> Dict[str, List[MetricSpec]]:
+    out: Dict[str, List[MetricSpec]] = {}
+    for s in specs:
+        out.setdefault(s.group, []).append(s)
+    return out
+
+
+def _metric_values(
+    groups: Mapping[str, Sequence[MetricSpec]],
+    options: Mapping[str, Mapping[str, Any]],
+    model: Callable,
+    x: Tensor,
+    maps: Tensor,
+    tgt: Tensor,
+) -> Dict[str, Tensor]:
+    """Per-example values of every requested metric for one batch (one call per group), float64 CPU."""
+    out: Dict[str, Tensor] = {}
+    for group, specs in groups.items():
+        vals = compute_group(specs, model, x, maps, tgt, **options.get(group, {}))
+        out.update({k: v.detach().double().cpu().reshape(-1) for k, v in vals.items()})
+    return out
+
+
+@dataclass
+class _LocalValues:
+    """What one process computed: per row and metric, its examples' values (dataset indices in ``indices``)."""
+
+    values: Dict[str, Dict[str, List[Tensor]]]
+    seconds: Dict[str, float]
+    indices: List[Tensor] = field(default_factory=list)
+
+    def stacked(self) -> Tuple[Tensor, Dict[str, Dict[str, Tensor]]]:
+        idx = torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long)
+        vals = {
+            row: {m: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64) for m, v in d.items()}
+            for row, d in self.values.items()
+        }
+        return idx, vals
+
+
+def _attribute_batches(
+    loader: Any,
+    model: Callable,
+    cams: Mapping[str, Any],
+    metric_names: Sequence[str],
+    groups: Mapping[str, Sequence[MetricSpec]],
+    options: Mapping[str, Mapping[str, Any]],
+    target: str,
+    device: torch.device,
+) -> _LocalValues:
+    """Walk this process's batches: each method's maps, then the metrics of each group."""
+    local = _LocalValues({row: {m: [] for m in metric_names} for row in cams}, {row: 0.0 for row in cams})
+    for idx, item in loader:
+        x, label = _split_item(item)
+        x = x.to(device)
+        tgt = _batch_target(model, x, label, target)
+        local.indices.append(idx.cpu())
+        for row, cam in cams.items():
+            t0 = time.perf_counter()
+            maps = cam.attribute(x, target=tgt, relu_attributions=True).detach()
+            local.seconds[row] += time.perf_counter() - t0
+            for m, v in _metric_values(groups, options, model, x, maps, tgt).items():
+                local.values[row][m].append(v)
+    return local
+
+
+def _reduce(
+    local: _LocalValues, rows: Sequence[str], metric_names: Sequence[str], ctx: DistributedContext
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[str, int]], Dict[str, Dict[str, Tensor]], Dict[str, float]]:
+    """Sums and counts (one all-reduce of a float64 vector) and per-example values in dataset order."""
+    idx_local, values = local.stacked()
+    flat: List[float] = []
+    for row in rows:
+        for m in metric_names:
+            flat += [float(values[row][m].sum()), float(values[row][m].numel())]
+    flat += [local.seconds[row] for row in rows]
+    vec = torch.tensor(flat, dtype=torch.float64)
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dev = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+        vec_d = vec.to(dev)
+        dist.all_reduce(vec_d, op=dist.ReduceOp.SUM)
+        vec = vec_d.cpu()
+        gathered: List[Any] = [None] * ctx.world_size
+        dist.all_gather_object(gathered, (idx_local, values))
+        order = torch.argsort(torch.cat([g[0] for g in gathered]))
+        per_example = {
+            row: {m: torch.cat([g[1][row][m] for g in gathered])[order] for m in metric_names} for row in rows
+        }
+    else:
+        order = torch.argsort(idx_local)
+        per_example = {row: {m: values[row][m][order] for m in metric_names} for row in rows}
+    sums: Dict[str, Dict[str, float]] = {}
+    counts: Dict[str, Dict[str, int]] = {}
+    k = 0
+    for row in rows:
+        sums[row], counts[row] = {}, {}
+        for m in metric_names:
+            sums[row][m], counts[row][m] = float(vec[k]), int(round(float(vec[k + 1])))
+            k += 2
+    seconds = {row: float(vec[k + i]) for i, row in enumerate(rows)}
+    return sums, counts, per_example, seconds
+
+
 def evaluate(
     model: nn.Module,
     layer: Optional[nn.Module],
-    methods: Union[Sequence[Union[str, Any]], Mapping[str, Any]],
+    methods: Union[str, Sequence[Union[str, Any]], Mapping[str, Any]],
     dataset: Dataset,
     batch_size: int = 16,
     target: str = "pred",
-    metrics: Sequence[str] = ("average_drop", "average_increase", "average_gain"),
+    metrics: Optional[Sequence[str]] = None,
     causal_steps: int = 16,
     method_batch_size: int = 32,
     device: Union[str, torch.device, None] = None,
     progress: bool = False,
     confidence_kwargs: Optional[Dict[str, Any]] = None,
     causal_kwargs: Optional[Dict[str, Any]] = None,
+    metric_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> EvaluationResult:
     """CAM metrics of several methods over a dataset, per example, on one or many processes.
 
@@ -281,16 +381,18 @@ def evaluate(
     layer : nn.Module or None
         Target layer (needed when ``methods`` holds names or classes).
     methods : sequence of names/classes/CAM objects, or dict name -> object
-        E.g. ``["gradcam", "scorecam"]`` (see :data:`METHOD_NAMES`) or
-        ``{"Grad-CAM": LayerGradCam(model, layer)}``.
+        E.g. ``["gradcam", "scorecam"]`` (any name of ``captum_cam_ext.methods()``, or an alias)
+        or ``{"Grad-CAM": LayerGradCam(model, layer)}``. Rows are named as given.
     dataset : Dataset
         Items are an input ``(C, H, W)`` or ``(input, label, ...)``.
     batch_size : int
         Examples per batch (per process).
     target : {"pred", "label"}
         Explain the predicted class (default) or the dataset label.
-    metrics : sequence of str
-        Any of :data:`METRIC_NAMES`. The AUCs use ``causal_steps`` steps each.
+    metrics : sequence of str, optional
+        Names from :func:`captum_cam_ext.metrics.registry.metric_specs` (default: the
+        registry's default selection, Average Drop / Increase / Gain). Metrics computed together
+        share one computation per batch.
     causal_steps : int
         Steps of the deletion / insertion curves.
     method_batch_size : int
@@ -303,7 +405,11 @@ def evaluate(
         tqdm bar (rank 0 only).
     confidence_kwargs, causal_kwargs : dict, optional
         Extra arguments for :func:`~captum_cam_ext.metrics.confidence_metrics` and
-        :func:`~captum_cam_ext.metrics.deletion_auc` / ``insertion_auc``.
+        :func:`~captum_cam_ext.metrics.deletion_auc` / ``insertion_auc`` (shorthands for
+        ``metric_options["confidence"]``, ``["deletion"]`` and ``["insertion"]``).
+    metric_options : dict group -> dict, optional
+        Extra keyword arguments for each metric group's computation (the ``group`` of
+        :class:`~captum_cam_ext.metrics.registry.MetricSpec`).
 
     Returns
     -------
@@ -313,134 +419,57 @@ def evaluate(
     Raises
     ------
     ValueError
-        Unknown metric / target mode, empty dataset, ``target="label"`` without labels.
+        Unknown metric / method / target mode, empty dataset, ``target="label"`` without labels.
     """
-    from captum_cam_ext.metrics import confidence_metrics, deletion_auc, insertion_auc
-
-    unknown = [m for m in metrics if m not in METRIC_NAMES]
-    if unknown or not metrics:
-        raise ValueError(f"unknown metrics {unknown}; choose from {METRIC_NAMES}")
-    if target not in ("pred", "label"):
-        raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
+    specs = resolve_metrics(list(metrics) if metrics is not None else default_metric_names())
+    metric_names = [s.name for s in specs]
+    _check_target_mode(target)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     n_total = len(dataset)  # type: ignore[arg-type]
     if n_total == 0:
-        raise ValueError("the dataset is empty")
+        raise ValueError("the dataset is empty; pass at least one example")
     cams = _resolve_methods(methods, model, layer, method_batch_size)
+    options = _group_options(metric_options, confidence_kwargs, causal_kwargs, causal_steps)
+    groups = _groups(specs)
 
     p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
     with process_group(device, default_device=p.device if p is not None else None) as ctx:
-        distributed, rank, world = ctx.distributed, ctx.rank, ctx.world_size
-        device = ctx.device
         if isinstance(model, nn.Module):
-            model.to(device)
-        indexed = _Indexed(dataset)
-        sampler = ExactDistributedSampler(indexed, num_replicas=world, rank=rank) if distributed else None
-        loader = DataLoader(indexed, batch_size=batch_size, sampler=sampler, shuffle=False)
-        conf_wanted = [m for m in metrics if m in ("average_drop", "average_increase", "average_gain")]
-        local: Dict[str, Dict[str, List[Tensor]]] = {name: {m: [] for m in metrics} for name in cams}
-        seconds = {name: 0.0 for name in cams}
-        indices: List[Tensor] = []
-        it: Any = loader
-        if progress and rank == 0:
-            from tqdm.auto import tqdm
+            model.to(ctx.device)
+        loader = _loader(dataset, batch_size, ctx, progress)
+        local = _attribute_batches(loader, model, cams, metric_names, groups, options, target, ctx.device)
+        rows = list(cams)
+        sums, counts, per_example, seconds = _reduce(local, rows, metric_names, ctx)
+    means = {row: {m: sums[row][m] / c if (c := counts[row][m]) else math.nan for m in metric_names} for row in rows}
+    n = counts[rows[0]][metric_names[0]]
+    if n != n_total:  # pragma: no cover - guarded by the sampler
+        raise RuntimeError(f"evaluated {n} examples, the dataset has {n_total}")
+    return EvaluationResult(means, sums, counts, per_example, n, ctx.world_size, seconds)
 
-            it = tqdm(loader, desc="evaluate", unit="batch")
-        import time
 
-        for idx, item in it:
-            x, label = _split_item(item)
-            x = x.to(device)
-            if target == "label":
-                if label is None:
-                    raise ValueError("target='label' needs (input, label) dataset items")
-                tgt = label.to(device).long()
-            else:
-                with torch.no_grad():
-                    tgt = model(x).argmax(dim=1)
-            indices.append(idx.cpu())
-            for name, cam in cams.items():
-                t0 = time.perf_counter()
-                maps = cam.attribute(x, target=tgt, relu_attributions=True).detach()
-                seconds[name] += time.perf_counter() - t0
-                if conf_wanted:
-                    res = confidence_metrics(model, x, maps, target=tgt, **(confidence_kwargs or {}))
-                    for m in conf_wanted:
-                        local[name][m].append(getattr(res, m.split("_", 1)[1]).detach().double().cpu())
-                for m, fn in (("deletion_auc", deletion_auc), ("insertion_auc", insertion_auc)):
-                    if m in metrics:
-                        auc = fn(model, x, maps, target=tgt, n_steps=causal_steps, **(causal_kwargs or {}))
-                        local[name][m].append(auc.detach().double().cpu())  # type: ignore[union-attr]
+def _loader(dataset: Dataset, batch_size: int, ctx: DistributedContext, progress: bool) -> Any:
+    """Batches ``(dataset indices, items)`` of this process's share, in dataset order."""
+    indexed = _Indexed(dataset)
+    sampler = ExactDistributedSampler(indexed, num_replicas=ctx.world_size, rank=ctx.rank) if ctx.distributed else None
+    loader: Any = DataLoader(indexed, batch_size=batch_size, sampler=sampler, shuffle=False)
+    if progress and ctx.rank == 0:
+        from tqdm.auto import tqdm
 
-        idx_local = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-        values = {
-            name: {m: (torch.cat(v) if v else torch.zeros(0, dtype=torch.float64)) for m, v in d.items()}
-            for name, d in local.items()
-        }
-        # sums and counts: one all-reduce of a float64 vector
-        names = list(cams)
-        flat = []
-        for name in names:
-            for m in metrics:
-                flat += [float(values[name][m].sum()), float(values[name][m].numel())]
-        flat += [seconds[name] for name in names]
-        vec = torch.tensor(flat, dtype=torch.float64)
-        per_example: Dict[str, Dict[str, Tensor]]
-        if distributed:
-            import torch.distributed as dist
-
-            dev = device if ctx.backend == "nccl" else torch.device("cpu")
-            vec_d = vec.to(dev)
-            dist.all_reduce(vec_d, op=dist.ReduceOp.SUM)
-            vec = vec_d.cpu()
-            gathered: List[Any] = [None] * world
-            dist.all_gather_object(gathered, (idx_local, values))
-            all_idx = torch.cat([g[0] for g in gathered])
-            order = torch.argsort(all_idx)
-            per_example = {
-                name: {m: torch.cat([g[1][name][m] for g in gathered])[order] for m in metrics}
-                for name in names
-            }
-        else:
-            order = torch.argsort(idx_local)
-            per_example = {name: {m: values[name][m][order] for m in metrics} for name in names}
-        sums: Dict[str, Dict[str, float]] = {}
-        counts: Dict[str, Dict[str, int]] = {}
-        means: Dict[str, Dict[str, float]] = {}
-        k = 0
-        for name in names:
-            sums[name], counts[name], means[name] = {}, {}, {}
-            for m in metrics:
-                s, c = float(vec[k]), int(round(float(vec[k + 1])))
-                k += 2
-                sums[name][m], counts[name][m] = s, c
-                means[name][m] = s / c if c else math.nan
-        secs = {name: float(vec[k + i]) for i, name in enumerate(names)}
-        n = counts[names[0]][metrics[0]]
-        if n != n_total:  # pragma: no cover - guarded by the sampler
-            raise RuntimeError(f"evaluated {n} examples, the dataset has {n_total}")
-        return EvaluationResult(means, sums, counts, per_example, n, world, secs)
+        loader = tqdm(loader, desc="evaluate", unit="batch")
+    return loader
 
 
 def results_markdown(result: EvaluationResult, title: Optional[str] = None) -> str:
     """The means as a markdown table (one row per method, one column per metric)."""
-    methods = list(result.means)
-    metrics = list(next(iter(result.means.values())))
-    head = [
-        f"{m} ({'%' if m.startswith('average') else 'AUC'}, {METRIC_DIRECTION[m]} is better)"
-        for m in metrics
-    ]
-    lines = []
-    if title:
-        lines += [f"### {title}", ""]
-    lines += ["| method | " + " | ".join(head) + " | time (s) |"]
-    lines += ["|---|" + "---:|" * len(metrics) + "---:|"]
-    for name in methods:
-        cells = [
-            f"{result.means[name][m]:.2f}" if m.startswith("average") else f"{result.means[name][m]:.4f}"
-            for m in metrics
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result.seconds.get(name, 0.0):.2f} |")
+    specs = metric_specs()
+    rows = list(result.means)
+    names = list(next(iter(result.means.values())))
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| method | " + " | ".join(specs[m].heading() for m in names) + " | time (s) |"]
+    lines += ["|---|" + "---:|" * len(names) + "---:|"]
+    for row in rows:
+        cells = [specs[m].format(result.means[row][m]) for m in names]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {result.seconds.get(row, 0.0):.2f} |")
     lines += ["", f"{result.n} examples, {result.world_size} process(es)."]
     return "\n".join(lines)

@@ -16,14 +16,16 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from captum_cam_ext import LayerGradCam
+from captum_cam_ext.attr.grad_cam import LayerGradCam as GradCamBase
 from captum_cam_ext.evaluation import (
-    METHOD_NAMES,
     ExactDistributedSampler,
     evaluate,
     make_method,
     results_markdown,
 )
 from captum_cam_ext.metrics import confidence_metrics, deletion_auc
+from captum_cam_ext.metrics.registry import metric_specs
+from captum_cam_ext.registry import methods, register_method, unregister_method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,10 +106,56 @@ def test_label_target_and_errors():
         evaluate(model, model[3], ["gradcam"], TensorDataset(torch.zeros(0, 3, 4, 4)))
     with pytest.raises(ValueError, match="label"):
         evaluate(model, model[3], ["gradcam"], TensorDataset(x), target="label")
-    with pytest.raises(ValueError, match="choose from"):
+    with pytest.raises(ValueError, match="(?i)choose from"):
         make_method("gradcam+++", model, model[3])
+    with pytest.raises(ValueError, match="(?i)choose from"):
+        evaluate(model, model[3], ["no-such-cam"], ds)
     assert type(make_method("Grad-CAM++", model, model[3])).__name__ == "LayerGradCamPlusPlus"
-    assert len(METHOD_NAMES) == 10
+    assert make_method("scorecam", model, model[3], batch_size=5).batch_size == 5
+
+
+def test_old_name_lists_are_views_of_the_registries():
+    from captum_cam_ext import evaluation
+
+    assert evaluation.METHOD_NAMES == tuple(methods())
+    assert evaluation.METRIC_NAMES == tuple(metric_specs())
+    assert evaluation.METRIC_DIRECTION["average_drop"] == "lower"
+    assert evaluation.METRIC_DIRECTION["insertion_auc"] == "higher"
+
+
+def test_a_method_registered_in_a_test_is_accepted_by_name():
+    """A new CAM class registered once is usable by evaluate by name (and by its aliases)."""
+
+    class TopHalfCam(GradCamBase):
+        """Grad-CAM with the lower half of the map zeroed: a different, known map."""
+
+        name = "tophalfcam"
+
+        def attribute(self, inputs, target=None, **kwargs):
+            maps = super().attribute(inputs, target=target, **kwargs)
+            maps = maps.clone()
+            maps[..., maps.shape[-2] // 2 :, :] = 0
+            return maps
+
+    model, ds = _build()
+    register_method(TopHalfCam, aliases=("top-half",))
+    try:
+        assert "tophalfcam" in methods()
+        res = evaluate(model, model[3], ["Top-Half", "gradcam"], ds, batch_size=8)
+        x, _ = ds.tensors
+        pred = model(x).argmax(1)
+        maps = LayerGradCam(model, model[3]).attribute(x, target=pred, relu_attributions=True)
+        maps[..., maps.shape[-2] // 2 :, :] = 0
+        conf = confidence_metrics(model, x, maps, target=pred)
+        torch.testing.assert_close(res.per_example["Top-Half"]["average_drop"], conf.drop.double(),
+                                   rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(res.per_example["Top-Half"]["average_drop"],
+                                  res.per_example["gradcam"]["average_drop"])
+    finally:
+        unregister_method(TopHalfCam)
+    assert "tophalfcam" not in methods()
+    with pytest.raises(ValueError, match="(?i)unknown CAM method"):
+        evaluate(model, model[3], ["tophalfcam"], ds)
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path):

@@ -1,6 +1,8 @@
 """Faithfulness metrics for saliency maps (captum.metrics conventions).
 
 Each metric module defines ``__all__``; to add one, append an import line and its names below.
+Modules that :func:`~captum_cam_ext.evaluation.evaluate` can report register their metrics in
+:mod:`captum_cam_ext.metrics.registry` when imported (importing this package registers them all).
 """
 
 from captum_cam_ext.metrics.alignment import gradient_alignment

@@ -22,27 +22,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_cam_ext.metrics.confidence import (
+from captum_cam_ext._maps import upsample_maps
+from captum_cam_ext.metrics._common import (
     ProbabilityFn,
     TargetType,
-    _check_batch_size,
-    _check_inputs,
-    _check_maps,
-    _compute_attributions,
-    _format_args,
-    _forward,
-    _index_args,
-    _resolve_chunk_target,
-    _target_scores,
-    _to_probabilities,
-    _upsample,
+    check_batch_size,
+    check_inputs,
+    check_maps_or_method,
+    check_positive_int,
+    format_args,
+    forward,
+    index_args,
+    iter_chunks,
+    target_scores,
+    to_probabilities,
 )
+from captum_cam_ext.metrics.registry import register_metric
 
 __all__ = [
     "CausalResult",
@@ -214,21 +215,12 @@ def _causal(
     channel_reduction: Optional[str],
     x_axis: str,
 ) -> CausalResult:
-    x_all = _check_inputs(inputs)
+    x_all = check_inputs(inputs)
     n, _, h, w = x_all.shape
-    if (attributions is None) == (attribution_method is None):
-        raise TypeError("pass exactly one of attributions= and attribution_method=")
+    maps_all = check_maps_or_method(attributions, attribution_method, n, channel_reduction)
     if x_axis not in ("steps", "fraction"):
         raise ValueError(f"x_axis must be 'steps' or 'fraction', got {x_axis!r}")
-    if (
-        isinstance(max_forwards_per_batch, bool)
-        or not isinstance(max_forwards_per_batch, int)
-        or max_forwards_per_batch <= 0
-    ):
-        raise ValueError(
-            f"max_forwards_per_batch must be a positive int, got {max_forwards_per_batch!r}"
-        )
-    maps_all = _check_maps(attributions, n, channel_reduction) if attributions is not None else None
+    check_positive_int(max_forwards_per_batch, "max_forwards_per_batch")
     if isinstance(substrate, Tensor) and substrate.dim() == 4 and substrate.shape[0] == n and n > 1:
         per_example_substrate: Optional[Tensor] = substrate
     else:
@@ -239,38 +231,22 @@ def _causal(
     counts = perturbation_counts(num_pixels, n_steps=n_steps, step=step).to(x_all.device)
     k = counts.shape[0]
     fractions = counts.double().div(num_pixels).float()
-    bs = _check_batch_size(max_examples_per_batch, n)
-    args = _format_args(additional_forward_args)
+    bs = check_batch_size(max_examples_per_batch, n)
     callable_target = callable(target) and not isinstance(target, Tensor)
 
     curves_list, tgts = [], []
-    for start in range(0, n, bs):
-        stop = min(start + bs, n)
-        b = stop - start
-        x = x_all[start:stop]
-        ex_idx = torch.arange(start, stop, device=x.device)
-        cargs = _index_args(args, ex_idx, n)
+    chunks = iter_chunks(
+        forward_func, x_all, maps_all, attribution_method, attribute_kwargs, target,
+        format_args(additional_forward_args), bs, channel_reduction,
+    )  # fmt: skip
+    for ch in chunks:
+        x, b = ch.x, ch.stop - ch.start
         with torch.no_grad():
-            out = _forward(forward_func, x, cargs)
-        tgt = _resolve_chunk_target(target, out, start, stop, n)
-        if maps_all is None:
-            maps = _check_maps(
-                _compute_attributions(attribution_method, x, tgt, cargs, attribute_kwargs),
-                b,
-                channel_reduction,
-            )
-        else:
-            maps = maps_all[start:stop]
-        with torch.no_grad():
-            sal = _upsample(maps.to(x.device), (h, w), interpolate_mode).reshape(b, num_pixels)
+            sal = upsample_maps(ch.maps, (h, w), interpolate_mode).reshape(b, num_pixels)
             order = torch.argsort(sal, dim=1, descending=True, stable=True)
             ranks = torch.empty_like(order)
             ranks.scatter_(1, order, torch.arange(num_pixels, device=x.device).expand(b, -1))
-            sub_src = (
-                per_example_substrate[start:stop]
-                if per_example_substrate is not None
-                else substrate
-            )
+            sub_src = per_example_substrate[ch.start : ch.stop] if per_example_substrate is not None else substrate
             sub = _substrate(x, sub_src, blur_kernel_size, blur_sigma, blur_padding)
             # switched pixels come from `new`, the others from `old`
             old, new = (x, sub) if mode == "deletion" else (sub, x)
@@ -282,14 +258,12 @@ def _causal(
                 je = job_ex[j0:j1]
                 switched = (ranks[je] < job_cnt[j0:j1, None]).view(j1 - j0, 1, h, w)
                 xp = torch.where(switched, new[je], old[je])
-                probs = _to_probabilities(
-                    _forward(forward_func, xp, _index_args(cargs, je, b)), probability_fn
-                )
-                jt = tgt[je] if isinstance(tgt, Tensor) else tgt
-                curve[j0:j1] = _target_scores(probs, jt).float()
+                probs = to_probabilities(forward(forward_func, xp, index_args(ch.args, je, b)), probability_fn)
+                jt = ch.target[je] if isinstance(ch.target, Tensor) else ch.target
+                curve[j0:j1] = target_scores(probs, jt).float()
         curves_list.append(curve.view(b, k))
-        if not callable_target:
-            tgts.append(tgt.detach())  # type: ignore[union-attr]
+        if isinstance(ch.target, Tensor):
+            tgts.append(ch.target.detach())
 
     curves = torch.cat(curves_list)
     auc = normalized_auc(curves, fractions if x_axis == "fraction" else None)
@@ -432,3 +406,28 @@ insertion_auc.__doc__ = (
 """
     + _COMMON_DOC
 )
+
+
+def _deletion_for_evaluate(
+    forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Tensor, **options: Any
+) -> Dict[str, Tensor]:
+    return {"deletion_auc": cast(Tensor, deletion_auc(forward_func, inputs, maps, target=target, **options))}
+
+
+def _insertion_for_evaluate(
+    forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Tensor, **options: Any
+) -> Dict[str, Tensor]:
+    return {"insertion_auc": cast(Tensor, insertion_auc(forward_func, inputs, maps, target=target, **options))}
+
+
+register_metric(
+    "deletion_auc", higher_is_better=False, unit="AUC", group="deletion", compute=_deletion_for_evaluate,
+    label="Del", decimals=4,
+    description="area under the target probability while the most salient pixels are zeroed; ranking only",
+)  # fmt: skip
+register_metric(
+    "insertion_auc", higher_is_better=True, unit="AUC", group="insertion", compute=_insertion_for_evaluate,
+    label="Ins", decimals=4,
+    description="area under the target probability while salient pixels are restored onto a blurred "
+    "canvas; ranking only",
+)  # fmt: skip
