@@ -24,6 +24,8 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from captum_cam_ext._maps import normalize_maps, upsample_maps
+
 __all__ = [
     "band_mask",
     "wall_ratio",
@@ -90,8 +92,6 @@ def _prepare(
     normalize: bool,
     mode: str,
 ) -> Tuple[Tensor, Tensor]:
-    from captum_cam_ext._engine import normalize_maps, upsample_maps
-
     maps = _as_maps(attributions)
     if input_size is not None:
         maps = upsample_maps(maps, (int(input_size[0]), int(input_size[1])), mode)

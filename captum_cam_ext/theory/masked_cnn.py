@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MaskedCNN", "BatchedMaskedCNN", "masked_cnn", "feature_grid"]
+__all__ = ["MaskedCNN", "BatchedMaskedCNN", "masked_cnn", "feature_grid", "check_config"]
 
 
 def feature_grid(height: int, width: int, kernel_size: int) -> Tuple[int, int]:
@@ -46,16 +46,37 @@ def feature_grid(height: int, width: int, kernel_size: int) -> Tuple[int, int]:
     return hp, wp
 
 
-def _check_config(
+def check_config(
     in_channels: int,
     height: int,
     width: int,
     kernel_size: int,
     n_filters: int,
     visible_rows: int,
-    sigma_w: float,
-    sigma_theta: float,
+    sigma_w: float = 1.0,
+    sigma_theta: float = 1.0,
 ) -> Tuple[int, int]:
+    """Validate a masked-CNN configuration and return its feature grid ``(H', W')``.
+
+    Parameters
+    ----------
+    in_channels, height, width, kernel_size, n_filters : int
+        Positive ints (see :class:`MaskedCNN`).
+    visible_rows : int
+        In ``[0, H']``.
+    sigma_w, sigma_theta : float
+        Initialization standard deviations, both ``> 0``.
+
+    Returns
+    -------
+    (int, int)
+        ``(H', W')`` of the valid, stride-1 convolution.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending value and the allowed range.
+    """
     for name, val in [
         ("in_channels", in_channels),
         ("height", height),
@@ -120,7 +141,7 @@ class MaskedCNN(nn.Module):
         n_outputs: int = 1,
     ) -> None:
         super().__init__()
-        hp, wp = _check_config(
+        hp, wp = check_config(
             in_channels, height, width, kernel_size, n_filters, visible_rows, 1.0, 1.0
         )
         if not isinstance(n_outputs, int) or n_outputs < 1:
@@ -198,7 +219,7 @@ def masked_cnn(
     >>> net(torch.randn(2, 1, 8, 8)).shape
     torch.Size([2, 1])
     """
-    _check_config(
+    check_config(
         in_channels, height, width, kernel_size, n_filters, visible_rows, sigma_w, sigma_theta
     )
     net = MaskedCNN(
@@ -273,6 +294,7 @@ class BatchedMaskedCNN(nn.Module):
             )
         self.n_networks, self.n_filters, self.in_channels, self.kernel_size = nb, v, c, k
         self.height, self.width, self.visible_rows = height, width, int(theta.shape[3])
+        self.feature_size = (hp, wp)
         self.register_buffer("conv_weight", conv_weight.detach().clone())
         self.register_buffer("theta", theta.detach().clone())
         self.conv_bias: Optional[Tensor]

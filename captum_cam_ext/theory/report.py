@@ -6,10 +6,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from captum_cam_ext.attr.grad_cam import LayerGradCam
+from captum_cam_ext.registry import method_kind, methods
 from captum_cam_ext.theory.analyzer import GradCamAtInitAnalyzer
+from captum_cam_ext.theory.closed_form import method_key
 
-__all__ = ["theory_sweep", "methods_at_init", "sweep_markdown", "methods_markdown", "plot_sweep",
-           "theory_report"]
+__all__ = ["theory_sweep", "methods_at_init", "registered_cams", "sweep_markdown",
+           "methods_markdown", "plot_sweep", "theory_report"]
 
 
 def _default_input(c: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -50,8 +53,6 @@ def theory_sweep(
         ``leak_mc``, ``leak_se``, ``leak_z``, ``max_abs_z`` (per position), ``p_pos_theory``,
         ``p_pos_mc`` (mean over masked positions), ``n_samples``.
     """
-    from captum_cam_ext import LayerGradCam
-
     if x is None:
         x = _default_input(in_channels, height, width, seed)
     rows = []
@@ -80,6 +81,17 @@ def theory_sweep(
     return rows
 
 
+def registered_cams() -> List[type]:
+    """Every CAM class in the method registry, in registration order.
+
+    Importing :mod:`captum_cam_ext.attr` registers the package's own classes; classes registered
+    later (:func:`captum_cam_ext.registry.register_method`) are included too.
+    """
+    import captum_cam_ext.attr  # noqa: F401  (importing it registers every CAM class of the package)
+
+    return list(methods().values())
+
+
 def methods_at_init(
     methods: Optional[Sequence[type]] = None,
     n_filters: int = 8,
@@ -96,11 +108,14 @@ def methods_at_init(
     x: Optional[torch.Tensor] = None,
     cam_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> List[Dict[str, Any]]:
-    """Monte-Carlo leak of every CAM class of the core on one masked-CNN configuration.
+    """Monte-Carlo leak of every registered CAM class on one masked-CNN configuration.
 
-    ``methods`` defaults to every CAM class of the core plus ``LayerConceptorCam`` when it exists
-    (with ``negatives="channels"``: the masked CNN has a single output, so there are no competitor
-    classes).  ``cam_kwargs`` maps a class name to extra constructor arguments.
+    ``methods`` defaults to every class of the method registry (:func:`registered_cams`);
+    Conceptor-CAM runs with ``negatives="channels"`` (the masked CNN has a single output, so there
+    are no competitor classes).  ``cam_kwargs`` maps a method (canonical name, alias or class
+    name) to extra constructor arguments.  Methods that are not of the ``"shared_pass"`` kind
+    (perturbation and composite methods, see :func:`captum_cam_ext.registry.method_kind`) use
+    ``n_samples_perturbation`` draws.
 
     Returns
     -------
@@ -108,29 +123,19 @@ def methods_at_init(
         ``method``, ``leak_mc``, ``leak_se``, ``leak_theory`` (or None), ``p_pos_mc`` (mean share
         of draws with a positive value on the masked rows), ``n_samples``.
     """
-    import captum_cam_ext as cce
-
     if methods is None:
-        methods = [cce.LayerGradCam, cce.LayerGradCamPlusPlus, cce.LayerXGradCam,
-                   cce.LayerHiResCam, cce.LayerCam, cce.LayerEigenCam, cce.LayerEigenGradCam,
-                   cce.LayerScoreCam, cce.LayerAblationCam]
-        try:
-            from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
-
-            methods.append(LayerConceptorCam)
-        except ImportError:
-            pass
-    kwargs = {"LayerConceptorCam": {"negatives": "channels"}, **(cam_kwargs or {})}
+        methods = registered_cams()
+    kwargs = {"conceptor": {"negatives": "channels"}}
+    kwargs.update({method_key(k): v for k, v in (cam_kwargs or {}).items()})
     if x is None:
         x = _default_input(in_channels, height, width, seed)
     an = GradCamAtInitAnalyzer(in_channels, height, width, kernel_size, n_filters, visible_rows,
                                sigma_w, sigma_theta)
     out = []
     for i, meth in enumerate(methods):
-        slow = getattr(meth, "uses_perturbation", False) or meth.__name__ == "LayerConceptorCam"
-        n = n_samples_perturbation if slow else n_samples
+        n = n_samples if method_kind(meth) == "shared_pass" else n_samples_perturbation
         res = an.monte_carlo(x, n, seed=seed + 17 * i, method=meth,
-                             cam_kwargs=kwargs.get(meth.__name__))
+                             cam_kwargs=kwargs.get(method_key(meth)))
         m = an.masked_mask
         out.append(dict(method=meth.__name__, leak_mc=res.leak_mean, leak_se=res.leak_stderr,
                         leak_theory=res.leak_expected, p_pos_mc=float(res.positive_rate[m].mean()),

@@ -9,7 +9,6 @@ and the leakage metrics of :mod:`captum_cam_ext.metrics.leakage`.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import time
@@ -20,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_cam_ext._maps import normalize_maps, upsample_maps
 from captum_cam_ext.metrics.leakage import (
     unseen_any_positive,
     unseen_positive_mass,
     unseen_seen_mean_ratio,
     wall_ratio,
 )
+from captum_cam_ext.registry import methods as registered_methods
 from captum_cam_ext.walls.datasets import StackedPairs, stacked_fashion_mnist
 from captum_cam_ext.walls.models import DenseWallNet, SplitTrunkBlindNet
 
@@ -37,20 +38,14 @@ _KINDS = ("split", "dense")
 
 
 def default_methods() -> List[type]:
-    """Every CAM class of the core (and ``LayerConceptorCam`` when it exists)."""
-    import captum_cam_ext as cce
+    """Every CAM class in the method registry (:func:`captum_cam_ext.registry.methods`).
 
-    methods: List[type] = [
-        cce.LayerGradCam, cce.LayerGradCamPlusPlus, cce.LayerXGradCam, cce.LayerHiResCam,
-        cce.LayerCam, cce.LayerEigenCam, cce.LayerEigenGradCam, cce.LayerScoreCam,
-        cce.LayerAblationCam,
-    ]
-    try:
-        mod = importlib.import_module("captum_cam_ext.attr.conceptor_cam")
-        methods.append(mod.LayerConceptorCam)
-    except (ImportError, AttributeError):
-        pass
-    return methods
+    Importing :mod:`captum_cam_ext.attr` registers the package's own classes; classes registered
+    later with :func:`captum_cam_ext.registry.register_method` are audited too.
+    """
+    import captum_cam_ext.attr  # noqa: F401  (importing it registers every CAM class of the package)
+
+    return list(registered_methods().values())
 
 
 def _make_model(kind: str) -> nn.Module:
@@ -301,8 +296,6 @@ def plot_audit_maps(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from captum_cam_ext._engine import normalize_maps, upsample_maps
 
     names = list(maps)
     n_images = min(n_images, pairs.images.shape[0], *(m.shape[0] for m in maps.values()))
