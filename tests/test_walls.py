@@ -268,6 +268,82 @@ def test_cli(tmp_path, capsys):
     from captum_cam_ext.walls.__main__ import main
 
     rc = main(["audit", "--epochs", "0", "--n-test", "3", "--n-train", "100", "--out",
-               str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--no-progress"])
+               str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--no-progress"],
+              prog="captum-cam-ext walls")
     assert rc == 0
     assert "wall ratio" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ cache directory, program name
+
+
+def test_walls_cache_dir_is_a_user_cache_never_the_working_directory(monkeypatch, tmp_path):
+    from captum_cam_ext.walls.cache import CACHE_ENV, cache_dir_source, walls_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert walls_cache_dir() == tmp_path / "home" / ".cache" / "captum-cam-ext" / "walls"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")  # the XDG spec says so
+    assert walls_cache_dir() == tmp_path / "home" / ".cache" / "captum-cam-ext" / "walls"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert walls_cache_dir() == tmp_path / "xdg" / "captum-cam-ext" / "walls"
+    assert cache_dir_source() == "$XDG_CACHE_HOME"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
+    assert walls_cache_dir() == tmp_path / "env" / "walls"
+    assert cache_dir_source() == f"${CACHE_ENV}"
+    assert walls_cache_dir("flag") == tmp_path / "flag"  # the flag wins, made absolute
+    assert walls_cache_dir("flag").is_absolute() and cache_dir_source("flag") == "--cache-dir"
+
+
+@needs_fmnist
+def test_audit_cli_caches_in_the_user_cache_and_says_where(monkeypatch, tmp_path, capsys):
+    from captum_cam_ext.walls.__main__ import run_cli
+    from captum_cam_ext.walls.cache import CACHE_ENV
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    args = ["audit", "--epochs", "0", "--n-test", "2", "--n-train", "50", "--no-progress",
+            "--out", str(tmp_path / "o")]
+    assert run_cli(args, prog="captum-cam-ext walls") == 0
+    out = capsys.readouterr().out
+    cached = list((tmp_path / "cache" / "walls").glob("blind_split_*.pt"))
+    assert len(cached) == 1 and f"cached as {cached[0]}" in out and f"${CACHE_ENV}" in out
+    assert list(work.iterdir()) == []  # nothing written where the command ran
+    assert run_cli(args, prog="captum-cam-ext walls") == 0
+    assert f"loaded from the cache {cached[0]}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv0, prog",
+    [("/usr/local/bin/captum-cam-ext", "captum-cam-ext walls"),
+     ("/x/site-packages/captum_cam_ext/__main__.py", "python -m captum_cam_ext walls"),
+     ("/x/site-packages/captum_cam_ext/walls/__main__.py", "python -m captum_cam_ext.walls")],
+)
+def test_audit_help_names_the_program_the_user_ran(monkeypatch, capsys, argv0, prog):
+    from captum_cam_ext.walls.__main__ import run_cli
+
+    monkeypatch.setattr("sys.argv", [argv0, "audit", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["audit", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {prog} audit")
+    assert "~/.cache/captum-cam-ext/walls" in out  # the help says where the cache is
+    with pytest.raises(SystemExit):
+        run_cli(["audit", "--n-test", "0"], prog="my-tool walls")
+    assert "my-tool walls audit: error: argument --n-test: must be >= 1" in capsys.readouterr().err
+
+
+def test_package_cli_walls_help_names_the_package_command(monkeypatch, capsys):
+    """``captum-cam-ext walls audit --help`` shows ``captum-cam-ext walls audit``."""
+    from captum_cam_ext.cli import main
+
+    monkeypatch.setattr("sys.argv", ["/usr/bin/captum-cam-ext"])
+    with pytest.raises(SystemExit) as exc:
+        main(["walls", "audit", "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: captum-cam-ext walls audit")

@@ -27,6 +27,7 @@ from captum_cam_ext.metrics.leakage import (
     wall_ratio,
 )
 from captum_cam_ext.registry import methods as registered_methods
+from captum_cam_ext.walls.cache import walls_cache_dir
 from captum_cam_ext.walls.datasets import StackedPairs, stacked_fashion_mnist
 from captum_cam_ext.walls.models import DenseWallNet, SplitTrunkBlindNet
 
@@ -72,8 +73,9 @@ def train_blind_model(
     seed: int = 0,
     batch_size: int = 128,
     lr: float = 1e-3,
-    cache_dir: Union[str, Path, None] = "benchmarks/cache",
+    cache_dir: Union[str, Path, None] = None,
     progress: bool = True,
+    use_cache: bool = True,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Train a blind model on stacked Fashion-MNIST D1 (Adam), or load it from the cache.
 
@@ -89,23 +91,28 @@ def train_blind_model(
         Seed of the pairing, the initialization and the batch order.
     batch_size, lr : int, float
         Optimizer settings.
-    cache_dir : path or None
-        The state dict is cached as ``blind_<kind>_e<epochs>_n<n_train>_s<seed>.pt`` there
-        (``None``: no cache).
+    cache_dir : path, optional
+        The state dict is cached as ``blind_<kind>_e<epochs>_n<n_train>_s<seed>.pt`` there.
+        Default: the user cache directory of :func:`~captum_cam_ext.walls.cache.walls_cache_dir`
+        (``$CAPTUM_CAM_EXT_CACHE_DIR/walls``, else ``$XDG_CACHE_HOME/captum-cam-ext/walls``,
+        else ``~/.cache/captum-cam-ext/walls``), never the working directory.
     progress : bool
         Show a tqdm bar.
+    use_cache : bool
+        ``False``: neither read nor write a cached model.
 
     Returns
     -------
     (model, info)
         The model in eval mode and a dict with ``train_seconds``, ``epochs``, ``n_train``,
-        ``cached`` (whether it was loaded).
+        ``cached`` (whether it was loaded) and ``cache_path`` (where it was read or written;
+        absent with ``use_cache=False``).
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     model = _make_model(kind)
     tag = f"blind_{kind}_e{epochs}_n{n_train or 'all'}_s{seed}.pt"
-    path = Path(cache_dir) / tag if cache_dir is not None else None
+    path = walls_cache_dir(cache_dir) / tag if use_cache else None
     if path is not None and path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["state_dict"])
@@ -331,17 +338,18 @@ def run_audit(
     n_train: Optional[int] = None,
     methods: Optional[Sequence[type]] = None,
     seed: int = 0,
-    cache_dir: Union[str, Path, None] = "benchmarks/cache",
+    cache_dir: Union[str, Path, None] = None,
     progress: bool = True,
     batch: int = 100,
     verbose: bool = True,
+    use_cache: bool = True,
 ) -> Dict[str, Any]:
     """Train (or load) the blind model, audit every CAM on D1 and D2, write table and figure.
 
     Parameters
     ----------
-    epochs, n_train, seed, cache_dir :
-        See :func:`train_blind_model`.
+    epochs, n_train, seed, cache_dir, use_cache :
+        See :func:`train_blind_model` (the default cache is the user cache directory).
     n_test : int
         Stacked test images per dataset.
     out : path or None
@@ -362,7 +370,7 @@ def run_audit(
     if not isinstance(n_test, int) or n_test < 1:
         raise ValueError(f"n_test must be a positive int, got {n_test!r}")
     model, info = train_blind_model(kind, epochs, n_train, seed, cache_dir=cache_dir,
-                                    progress=progress)
+                                    progress=progress, use_cache=use_cache)
     datasets: Dict[str, Any] = {}
     first_maps: Dict[str, Tensor] = {}
     fig_pairs: Optional[StackedPairs] = None
