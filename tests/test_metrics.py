@@ -145,14 +145,16 @@ def test_confidence_matches_naive_reference_and_batching():
     model = small_cnn(seed=2)
     x, maps = data(seed=5, n=7)
     ref_d, ref_i, ref_g = _reference_confidence(model, x, maps)
+    ref_area = minmax(F.interpolate(maps, size=x.shape[-2:], mode="bilinear")).mean(dim=(1, 2, 3))
     for bs in (None, 1, 3):
         res = confidence_metrics(model, x, maps, max_examples_per_batch=bs)
+        torch.testing.assert_close(res.mask_area, ref_area)
         torch.testing.assert_close(res.drop, ref_d, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(res.increase, ref_i)
         torch.testing.assert_close(res.gain, ref_g, rtol=1e-4, atol=1e-4)
     assert average_gain(model, x, maps) == pytest.approx(float(ref_g.mean()), rel=1e-4)
     assert res.drop.shape == (7,) and res.probs.shape == (7,) and res.masked_probs.shape == (7,)
-    assert set(res.summary()) == {"average_drop", "average_increase", "average_gain"}
+    assert set(res.summary()) == {"average_drop", "average_increase", "average_gain", "mask_area"}
 
 
 def test_confidence_pixel_space_masking():
@@ -189,6 +191,9 @@ def test_confidence_closed_form():
     maps[1] = 1.0  # constant map -> all-zero mask -> O = 0 -> drop 100 %
     res = confidence_metrics(prob_model, x, maps, target=0, probability_fn="identity")
     torch.testing.assert_close(res.drop, torch.tensor([50.0, 100.0]), rtol=1e-5, atol=1e-4)
+    # the kept fraction: half the pixels, then nothing (a constant map normalises to zeros)
+    torch.testing.assert_close(res.mask_area, torch.tensor([0.5, 0.0]))
+    assert res.mean_mask_area == pytest.approx(0.25)
     torch.testing.assert_close(res.increase, torch.zeros(2))
     # class 1: Y = 0.5, O = 0.75 / 1.0 -> gain (O-Y)/(1-Y) = 50 % / 100 %, increase 100 %
     res = confidence_metrics(prob_model, x, maps, target=1, probability_fn="identity")
@@ -203,7 +208,8 @@ def test_confidence_closed_form():
     for t in (0, 1):
         res = confidence_metrics(prob_model, x, keep, target=t, probability_fn="identity")
         assert float(res.masked_probs[0]) == float(res.probs[0])
-        assert res.summary() == {"average_drop": 0.0, "average_increase": 0.0, "average_gain": 0.0}
+        assert res.summary() == {"average_drop": 0.0, "average_increase": 0.0, "average_gain": 0.0,
+                                 "mask_area": 0.5}
 
 
 class _FixedMethod:

@@ -21,6 +21,17 @@ from captum_cam_ext.metrics.confidence import (
     average_increase,
     confidence_metrics,
 )
+from captum_cam_ext.metrics.controls import (
+    AreaHistogram,
+    area_controls,
+    blur_control,
+    constant_control,
+    maps_to_masks,
+    mask_area,
+    power_control,
+    random_control,
+    solve_power,
+)
 from captum_cam_ext.metrics.leakage import (
     band_mask,
     leakage_metrics,
@@ -28,6 +39,14 @@ from captum_cam_ext.metrics.leakage import (
     unseen_positive_mass,
     unseen_seen_mean_ratio,
     wall_ratio,
+)
+from captum_cam_ext.metrics.statistics import (
+    PairedComparison,
+    bootstrap_ci,
+    compare_per_example,
+    comparisons_markdown,
+    paired_comparison,
+    win_rate,
 )
 
 __all__ = [
@@ -49,4 +68,19 @@ __all__ = [
     "unseen_seen_mean_ratio",
     "leakage_metrics",
     "gradient_alignment",
+    "mask_area",
+    "maps_to_masks",
+    "power_control",
+    "solve_power",
+    "blur_control",
+    "constant_control",
+    "random_control",
+    "area_controls",
+    "AreaHistogram",
+    "PairedComparison",
+    "paired_comparison",
+    "bootstrap_ci",
+    "win_rate",
+    "compare_per_example",
+    "comparisons_markdown",
 ]

@@ -73,6 +73,11 @@ class ConfidenceResult:
         ``O``: probability of the target on the explanation images.
     target : Tensor (N,) or None
         Class index used per example (None for a callable target).
+    mask_area : Tensor (N,)
+        Mean of the mask that multiplied each input (the normalised, upsampled map), in [0, 1]
+        for normalised maps. The confidence metrics reward a large area whatever the ranking of
+        the pixels, so compare methods at equal area (see
+        :func:`captum_cam_ext.metrics.controls.area_controls`).
     """
 
     drop: Tensor
@@ -81,6 +86,7 @@ class ConfidenceResult:
     probs: Tensor
     masked_probs: Tensor
     target: Optional[Tensor]
+    mask_area: Tensor
 
     @property
     def average_drop(self) -> float:
@@ -97,12 +103,18 @@ class ConfidenceResult:
         """Average Gain in %, higher is better."""
         return as_float(self.gain)
 
+    @property
+    def mean_mask_area(self) -> float:
+        """Mean mask area over the examples (fraction of the input kept, in [0, 1])."""
+        return as_float(self.mask_area)
+
     def summary(self) -> Dict[str, float]:
-        """The three averages (in %) as a dict."""
+        """The three averages (in %) and the mean mask area (a fraction) as a dict."""
         return {
             "average_drop": self.average_drop,
             "average_increase": self.average_increase,
             "average_gain": self.average_gain,
+            "mask_area": self.mean_mask_area,
         }
 
 
@@ -186,8 +198,9 @@ def confidence_metrics(
     Returns
     -------
     ConfidenceResult
-        Per-example ``drop``, ``increase``, ``gain`` (in %), ``probs``, ``masked_probs`` and the
-        averages ``average_drop``, ``average_increase``, ``average_gain`` (in %).
+        Per-example ``drop``, ``increase``, ``gain`` (in %), ``probs``, ``masked_probs``,
+        ``mask_area`` and the averages ``average_drop``, ``average_increase``, ``average_gain``
+        (in %) and ``mean_mask_area``.
 
     Raises
     ------
@@ -203,7 +216,7 @@ def confidence_metrics(
     bs = check_batch_size(max_examples_per_batch, n)
     size = (x_all.shape[-2], x_all.shape[-1])
 
-    drops, incs, gains, ys, os_, tgts = [], [], [], [], [], []
+    drops, incs, gains, ys, os_, tgts, areas = [], [], [], [], [], [], []
     callable_target = callable(target) and not isinstance(target, Tensor)
     chunks = iter_chunks(
         forward_func, x_all, maps_all, attribution_method, attribute_kwargs, target,
@@ -211,6 +224,7 @@ def confidence_metrics(
     )  # fmt: skip
     for ch in chunks:
         masks = prepare_masks(ch.maps, size, normalize, interpolate_mode).to(ch.x.dtype)
+        areas.append(masks.detach().flatten(1).float().mean(1))
         with torch.no_grad():
             y = target_scores(to_probabilities(ch.outputs, probability_fn), ch.target)
             xm = _apply_mask(ch.x, masks, baseline, denormalize, renormalize)
@@ -231,6 +245,7 @@ def confidence_metrics(
         probs=torch.cat(ys),
         masked_probs=torch.cat(os_),
         target=None if callable_target else torch.cat(tgts),
+        mask_area=torch.cat(areas),
     )
 
 
@@ -277,7 +292,12 @@ def _compute_for_evaluate(
     forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Tensor, **options: Any
 ) -> Dict[str, Tensor]:
     res = confidence_metrics(forward_func, inputs, maps, target=target, **options)
-    return {"average_drop": res.drop, "average_increase": res.increase, "average_gain": res.gain}
+    return {
+        "average_drop": res.drop,
+        "average_increase": res.increase,
+        "average_gain": res.gain,
+        "mask_area": res.mask_area,
+    }
 
 
 register_metric(
@@ -295,4 +315,10 @@ register_metric(
     "average_gain", higher_is_better=True, unit="%", group="confidence", compute=_compute_for_evaluate,
     label="AG", default=True,
     description="relative gain of the target probability on the masked input; rewards large maps",
+)  # fmt: skip
+register_metric(
+    "mask_area", higher_is_better=None, unit="fraction", group="confidence", compute=_compute_for_evaluate,
+    label="area", decimals=3, companion=True,
+    description="mean of the normalised, upsampled map that multiplies the input; AD/AI/AG reward a large "
+    "area, so read them next to it",
 )  # fmt: skip

@@ -1,0 +1,362 @@
+"""Matched-area controls: what a map's *area* alone buys on the confidence metrics.
+
+Average Drop / Increase / Gain multiply the input by the map (min-max normalised, upsampled), so a
+map that is larger everywhere keeps more of the image and scores better whatever its ranking of
+the pixels. To read a method's numbers, put them next to controls built from a base map:
+
+* **power** ``mask ** p``: the same pixel ranking, a different area. ``p < 1`` enlarges the mask,
+  ``p > 1`` shrinks it. :func:`solve_power` finds the ``p`` whose mean area equals a given area
+  (e.g. the area of the method that claims to improve on the base);
+* **blur**: a Gaussian blur of the mask (renormalised to [0, 1]): a smoother, larger map with
+  almost the same ranking;
+* **constant**: every pixel at the same value ``a`` (by default the base's mean area): area and
+  nothing else. On the confidence metrics it is the floor "area alone" (for a model that is
+  positively homogeneous in its input, ``O = a * Y`` exactly). It carries no ranking: the
+  ranking metrics (deletion / insertion / ROAD) see all pixels tied;
+* **random**: a seeded smooth random map (uniform noise at the base map's resolution, upsampled
+  and normalised), optionally raised to the power that matches the base's area: a ranking that
+  carries no information, at the same area.
+
+Every control is returned as *masks*: ``(N, 1, H, W)`` values in [0, 1] at the input size, to be
+scored with ``normalize="none"`` (power, blur and random masks already span [0, 1], so the default
+normalisation would leave them unchanged; the constant one it would turn into zeros).
+
+For datasets walked in batches (and across processes), :class:`AreaHistogram` accumulates the
+distribution of mask values so that ``p`` is solved for the whole dataset from one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_cam_ext._maps import normalize_maps, upsample_maps
+from captum_cam_ext.metrics._common import check_maps, prepare_masks
+from captum_cam_ext.metrics.causal import gaussian_blur
+
+__all__ = [
+    "CONTROL_KINDS",
+    "AreaHistogram",
+    "area_controls",
+    "blur_control",
+    "constant_control",
+    "mask_area",
+    "maps_to_masks",
+    "power_area",
+    "power_control",
+    "random_control",
+    "solve_power",
+]
+
+#: The kinds of control :func:`area_controls` can build.
+CONTROL_KINDS: Tuple[str, ...] = ("power", "blur", "constant", "random")
+
+_P_MIN, _P_MAX = 1e-4, 1e4
+
+
+def _check_masks(masks: Tensor) -> Tensor:
+    if not isinstance(masks, Tensor):
+        raise TypeError(f"masks must be a torch.Tensor (N, 1, H, W), got {type(masks).__name__}")
+    if masks.dim() != 4 or masks.shape[1] != 1:
+        raise ValueError(f"masks must have shape (N, 1, H, W), got {tuple(masks.shape)}")
+    if masks.shape[0] == 0:
+        raise ValueError("masks is empty (N = 0)")
+    if not bool(torch.isfinite(masks).all()):
+        raise ValueError("masks contain NaN or Inf values")
+    lo, hi = float(masks.min()), float(masks.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(
+            f"masks must lie in [0, 1] (got values in [{lo:.3g}, {hi:.3g}]); build them with maps_to_masks()"
+        )
+    return masks.clamp(0.0, 1.0)
+
+
+def _check_size(size: Sequence[int]) -> Tuple[int, int]:
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in size):
+        raise ValueError(f"size must be (H, W) with positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def maps_to_masks(
+    attributions: Tensor,
+    size: Sequence[int],
+    *,
+    normalize: Optional[str] = "after_upsample",
+    interpolate_mode: str = "bilinear",
+    channel_reduction: Optional[str] = None,
+) -> Tensor:
+    """The masks ``(N, 1, H, W)`` that :func:`~captum_cam_ext.metrics.confidence_metrics` multiplies
+    into the inputs: maps upsampled to ``size`` and min-max normalised (same options)."""
+    if not isinstance(attributions, Tensor):
+        raise TypeError(f"attributions must be a torch.Tensor, got {type(attributions).__name__}")
+    maps = check_maps(attributions, attributions.shape[0], channel_reduction)
+    return prepare_masks(maps, _check_size(size), normalize, interpolate_mode)
+
+
+def mask_area(
+    attributions: Tensor,
+    size: Sequence[int],
+    *,
+    normalize: Optional[str] = "after_upsample",
+    interpolate_mode: str = "bilinear",
+    channel_reduction: Optional[str] = None,
+) -> Tensor:
+    """Per-example mask area ``(N,)``: the mean of :func:`maps_to_masks` (what AD/AI/AG reward)."""
+    masks = maps_to_masks(
+        attributions, size, normalize=normalize, interpolate_mode=interpolate_mode,
+        channel_reduction=channel_reduction,
+    )  # fmt: skip
+    return masks.flatten(1).mean(1)
+
+
+def _check_p(p: float) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+        raise ValueError(f"the power p must be a positive finite number, got {p!r}")
+    return float(p)
+
+
+def power_control(masks: Tensor, p: float) -> Tensor:
+    """``masks ** p``: the same ranking of pixels (zeros stay zero, ones stay one), another area."""
+    return _check_masks(masks).pow(_check_p(p))
+
+
+def power_area(masks: Tensor, p: float) -> Tensor:
+    """Per-example mean of ``masks ** p`` ``(N,)``."""
+    return power_control(masks, p).flatten(1).mean(1)
+
+
+def _bisect_power(area_of: Callable[[float], float], area: float, clamp: bool) -> float:
+    if not isinstance(area, (int, float)) or not math.isfinite(area):
+        raise ValueError(f"area must be a finite number, got {area!r}")
+    hi_area, lo_area = area_of(_P_MIN), area_of(_P_MAX)
+    if not lo_area - 1e-12 <= area <= hi_area + 1e-12:
+        if not clamp:
+            raise ValueError(
+                f"no power of these masks has mean area {area:.4f}: powers reach [{lo_area:.4f}, {hi_area:.4f}] "
+                "(the shares of pixels equal to 1 and above 0); pass clamp=True for the nearest"
+            )
+        return _P_MIN if area > hi_area else _P_MAX
+    lo, hi = math.log(_P_MIN), math.log(_P_MAX)  # area decreases in p
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if area_of(math.exp(mid)) > area:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-10:
+            break
+    return math.exp(0.5 * (lo + hi))
+
+
+def solve_power(masks: Tensor, area: float, *, clamp: bool = False) -> float:
+    """The power ``p`` with ``mean(masks ** p) == area`` (mean over all examples and pixels).
+
+    Parameters
+    ----------
+    masks : Tensor (N, 1, H, W)
+        Masks in [0, 1] (:func:`maps_to_masks`).
+    area : float
+        Target mean area.
+    clamp : bool
+        Return the nearest reachable power (``1e-4`` or ``1e4``) instead of raising when ``area``
+        is outside what powers can reach (the share of pixels above 0 and the share equal to 1).
+
+    Returns
+    -------
+    float
+        ``p`` to about 1e-10 relative precision in ``log p``.
+    """
+    values = _check_masks(masks).detach().double().flatten()
+    return _bisect_power(lambda p: float(values.pow(p).mean()), float(area), clamp)
+
+
+class AreaHistogram:
+    """Distribution of mask values over a dataset, to solve a power for the dataset's mean area.
+
+    Mask values in [0, 1] are binned (``bins`` equal bins); each bin keeps its count and the sum
+    of its values, and ``area(p)`` uses each bin's mean value, so it is exact for ``p = 1`` and
+    within ``O(1 / bins^2)`` otherwise. Exact zeros and ones are counted apart (they do not move
+    under powers). Counts are plain tensors: sum them across processes with
+    :meth:`as_tensor` / :meth:`from_tensor`.
+    """
+
+    def __init__(self, bins: int = 4096) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+            raise ValueError(f"bins must be an int >= 2, got {bins!r}")
+        self.bins = bins
+        self.counts = torch.zeros(bins, dtype=torch.float64)
+        self.sums = torch.zeros(bins, dtype=torch.float64)
+        self.zeros = 0.0
+        self.ones = 0.0
+
+    @property
+    def total(self) -> float:
+        """Number of pixels seen."""
+        return float(self.counts.sum()) + self.zeros + self.ones
+
+    def update(self, masks: Tensor) -> AreaHistogram:
+        """Add the values of ``masks`` (N, 1, H, W) in [0, 1]; returns self."""
+        v = _check_masks(masks).detach().double().flatten().cpu()
+        zero, one = v <= 0, v >= 1
+        self.zeros += float(zero.sum())
+        self.ones += float(one.sum())
+        mid = v[~(zero | one)]
+        idx = (mid * self.bins).long().clamp_(0, self.bins - 1)
+        self.counts.index_add_(0, idx, torch.ones_like(mid))
+        self.sums.index_add_(0, idx, mid)
+        return self
+
+    def area(self, p: float) -> float:
+        """Mean of ``mask ** p`` over every pixel seen."""
+        if self.total == 0:
+            raise ValueError("the histogram is empty; update() it with masks first")
+        has = self.counts > 0
+        means = self.sums[has] / self.counts[has]
+        return (float((self.counts[has] * means.pow(_check_p(p))).sum()) + self.ones) / self.total
+
+    def solve_power(self, area: float, *, clamp: bool = False) -> float:
+        """The power whose mean area is ``area`` (see :func:`solve_power`)."""
+        if self.total == 0:
+            raise ValueError("the histogram is empty; update() it with masks first")
+        return _bisect_power(self.area, float(area), clamp)
+
+    def as_tensor(self) -> Tensor:
+        """``[counts, sums, zeros, ones]`` as one float64 vector (to all-reduce)."""
+        return torch.cat([self.counts, self.sums, torch.tensor([self.zeros, self.ones], dtype=torch.float64)])
+
+    @classmethod
+    def from_tensor(cls, vec: Tensor) -> AreaHistogram:
+        """Inverse of :meth:`as_tensor`."""
+        bins = (vec.numel() - 2) // 2
+        h = cls(bins)
+        h.counts = vec[:bins].double().clone()
+        h.sums = vec[bins : 2 * bins].double().clone()
+        h.zeros, h.ones = float(vec[-2]), float(vec[-1])
+        return h
+
+
+def blur_control(masks: Tensor, sigma: float) -> Tensor:
+    """A Gaussian blur (``sigma`` in pixels, replicate padding) of ``masks``, renormalised to [0, 1]."""
+    m = _check_masks(masks)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
+    radius = max(1, int(math.ceil(3 * float(sigma))))
+    radius = min(radius, max(1, min(m.shape[-2:]) - 1))
+    return normalize_maps(gaussian_blur(m, 2 * radius + 1, float(sigma), padding="replicate"), eps=0)
+
+
+def constant_control(
+    n: int, size: Sequence[int], value: float, *, device: Union[str, torch.device, None] = None
+) -> Tensor:
+    """Masks ``(n, 1, H, W)`` equal to ``value`` in [0, 1] everywhere (area ``value``, no ranking)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"a constant mask value must be in [0, 1], got {value!r}")
+    return torch.full((n, 1, *_check_size(size)), float(value), device=device)
+
+
+def random_control(
+    indices: Union[Sequence[int], Tensor],
+    size: Sequence[int],
+    *,
+    map_size: Optional[Sequence[int]] = None,
+    seed: int = 0,
+    interpolate_mode: str = "bilinear",
+    device: Union[str, torch.device, None] = None,
+) -> Tensor:
+    """Seeded random masks ``(len(indices), 1, H, W)``: uniform noise at ``map_size``, upsampled, normalised.
+
+    Example ``i`` of a dataset always gets the same mask (its generator is seeded with
+    ``(seed, i)``), whatever the batch it falls in and however many processes share the work.
+    ``map_size`` (default: ``size``) sets the smoothness: use the base map's resolution.
+    """
+    idx = indices.tolist() if isinstance(indices, Tensor) else list(indices)
+    if not idx:
+        raise ValueError("indices is empty")
+    out_size = _check_size(size)
+    h, w = _check_size(map_size) if map_size is not None else out_size
+    noise = torch.empty(len(idx), 1, h, w, dtype=torch.float32)
+    for k, i in enumerate(idx):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(i)) % (2**63 - 1))
+        noise[k] = torch.rand(1, h, w, generator=g)
+    return normalize_maps(upsample_maps(noise, out_size, interpolate_mode), eps=0).to(device)
+
+
+def area_controls(
+    base_masks: Tensor,
+    *,
+    areas: Optional[Mapping[str, float]] = None,
+    powers: Sequence[float] = (),
+    blur_sigma: Optional[float] = None,
+    constant: bool = True,
+    random: bool = True,
+    match_random_area: bool = True,
+    map_size: Optional[Sequence[int]] = None,
+    indices: Optional[Sequence[int]] = None,
+    seed: int = 0,
+    base_name: str = "base",
+    clamp: bool = True,
+) -> Dict[str, Tensor]:
+    """Control masks built from a base method's masks (in memory, for the examples given).
+
+    Parameters
+    ----------
+    base_masks : Tensor (N, 1, H, W)
+        The base method's masks (:func:`maps_to_masks`).
+    areas : dict name -> float, optional
+        For each entry, the power of the base whose mean area equals that area (e.g.
+        ``{"conceptor": 0.375}``), named ``"{base}**{p:.2f} (area of {name})"``.
+    powers : sequence of float
+        Fixed powers, named ``"{base}**{p:g}"`` (e.g. ``(0.5,)``).
+    blur_sigma : float, optional
+        Gaussian blur of the base (in pixels); default: one cell of ``map_size`` (``H / h``),
+        or ``H / 7`` without ``map_size``. ``0`` leaves the blur out.
+    constant : bool
+        A constant mask at the base's mean area.
+    random : bool
+        A seeded random mask, at the base's mean area when ``match_random_area``.
+    map_size : (h, w), optional
+        The base map's resolution (smoothness of the random control, default blur width).
+    indices : sequence of int, optional
+        Dataset indices of the examples (seeds of the random masks); default ``0..N-1``.
+    seed : int
+        Seed of the random control.
+    base_name : str
+        Name of the base in the control names.
+    clamp : bool
+        Use the nearest reachable power when an area cannot be matched (see :func:`solve_power`);
+        the masks' own areas show what was reached.
+
+    Returns
+    -------
+    dict name -> Tensor (N, 1, H, W)
+        In the order: matched powers, fixed powers, blur, constant, random.
+    """
+    m = _check_masks(base_masks)
+    n, _, big_h, big_w = m.shape
+    out: Dict[str, Tensor] = {}
+    for name, a in (areas or {}).items():
+        p = solve_power(m, float(a), clamp=clamp)
+        out[f"{base_name}**{p:.2f} (area of {name})"] = m.pow(p)
+    for p in powers:
+        out[f"{base_name}**{_check_p(p):g}"] = m.pow(float(p))
+    if blur_sigma is None:
+        blur_sigma = big_h / map_size[0] if map_size is not None else big_h / 7
+    if blur_sigma:
+        out[f"blur({base_name}, sigma={blur_sigma:g}px)"] = blur_control(m, blur_sigma)
+    base_area = float(m.double().mean())
+    if constant:
+        out[f"constant {base_area:.3f}"] = constant_control(n, (big_h, big_w), base_area, device=m.device)
+    if random:
+        idx: List[int] = list(indices) if indices is not None else list(range(n))
+        if len(idx) != n:
+            raise ValueError(f"indices has {len(idx)} entries for {n} masks")
+        r = random_control(idx, (big_h, big_w), map_size=map_size, seed=seed).to(m.device)
+        if match_random_area:
+            r = r.pow(solve_power(r, base_area, clamp=True))
+        out[f"random (seed {seed})"] = r
+    return out
