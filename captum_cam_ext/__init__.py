@@ -4,12 +4,12 @@ from captum_cam_ext import registry
 from captum_cam_ext._engine import (
     CamAttribution,
     CamDetails,
+    GradientCamAttribution,
     normalize_maps,
     select_target_scores,
     upsample_maps,
 )
 from captum_cam_ext.attr import (
-    MULTI_CAM_METHODS,
     LayerAblationCam,
     LayerCam,
     LayerConceptorCam,
@@ -22,6 +22,7 @@ from captum_cam_ext.attr import (
     LayerScoreCam,
     LayerXGradCam,
     MultiCam,
+    PerturbationCamAttribution,
 )
 from captum_cam_ext.registry import methods, register_method
 from captum_cam_ext.theory import GradCamAtInitAnalyzer, masked_cnn
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CamAttribution",
     "CamDetails",
+    "GradientCamAttribution",
     "DenseWallNet",
     "GradCamAtInitAnalyzer",
     "InterpretableGradientLoss",
@@ -47,8 +49,8 @@ __all__ = [
     "LayerHiResCam",
     "LayerScoreCam",
     "LayerXGradCam",
-    "MULTI_CAM_METHODS",
     "MultiCam",
+    "PerturbationCamAttribution",
     "SplitTrunkBlindNet",
     "masked_cnn",
     "methods",

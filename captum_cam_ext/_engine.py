@@ -1,59 +1,95 @@
 """The CAM engine shared by every method of the package.
 
 One class, :class:`CamAttribution`, owns everything that is not a method's weighting: input
-validation, target selection, ``additional_forward_args``, tuple inputs, forward hooks on one or
-several layers (always removed), layer-only gradients (``torch.autograd.grad`` with respect to the
-layer activations, never into the parameters), graph trimming before the layer, ``reshape_transform``
-for token layouts, ReLU / upsampling / normalisation, multi-layer fusion and batching. A method is a
-subclass that overrides :meth:`CamAttribution.cam_weights` (and, for perturbation methods,
-:meth:`CamAttribution._perturbation_weights`).
+validation, target selection (Captum's target forms), ``additional_forward_args``, tuple inputs,
+forward hooks on one or several layers (always removed), layer-only gradients
+(``torch.autograd.grad`` with respect to the layer activations, never into the parameters), graph
+trimming before the layer, ``reshape_transform`` for token layouts, ReLU / upsampling /
+normalisation, multi-layer fusion, batching, and leaving the model exactly as found. A method is a
+subclass that overrides :meth:`CamAttribution.cam_weights` (gradient methods subclass
+:class:`GradientCamAttribution`; perturbation methods subclass
+:class:`captum_cam_ext.attr.perturbation.PerturbationCamAttribution`).
 
-Data flows one way: inputs -> engine (activations, gradients) -> method weights -> fusion ->
-post-processing.
+Data flows one way: inputs -> :meth:`CamAttribution.record` (one forward, one backward per
+target: activations, gradients) -> :meth:`CamAttribution.layer_weights` (the method) ->
+:meth:`CamAttribution.fuse` -> post-processing (:meth:`CamAttribution.attribute_in_chunks`).
+
+Extension API
+-------------
+Methods built on other methods (Conceptor-CAM, :class:`~captum_cam_ext.MultiCam`) use only public
+members: :meth:`~CamAttribution.record`, :meth:`~CamAttribution.compute`,
+:meth:`~CamAttribution.compute_for_targets`, :meth:`~CamAttribution.to_maps`,
+:meth:`~CamAttribution.check_options` and :meth:`~CamAttribution.attribute_in_chunks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_cam_ext._maps import check_interpolate_mode, normalize_maps, upsample_maps
+from captum_cam_ext.backprop import guided_relus
+
+__all__ = [
+    "BACKWARD_RULES",
+    "CamAttribution",
+    "CamDetails",
+    "GradientCamAttribution",
+    "LayerRecord",
+    "LayerRecorder",
+    "MapsOrTuple",
+    "TargetSpec",
+    "format_inputs",
+    "module_path",
+    "preserved_state",
+    "repeat_args",
+    "resolve_target",
+    "run_forward",
+    "select_target_scores",
+    "slice_args",
+    "spatial_dims",
+]
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
-TargetSpec = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
+#: What ``target=`` accepts, as in Captum: None, an int, a tuple (multi-dimensional outputs), a
+#: list of ints or of tuples (one per example), an integer tensor of one or N elements, or -- ours --
+#: a callable mapping the model output to one score per example.
+TargetSpec = Union[None, int, Tuple[int, ...], Sequence[Any], Tensor, Callable[[Any], Tensor]]
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
-RawMaps = Dict[str, List[Tensor]]  # {name: [raw (N, 1, h, w) map per layer]}
+MapsOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+RawMaps = Dict[str, List[Tensor]]  # {name: [raw (N, 1, *S) map per recorded unit]}
 
-_BACKWARD_RULES = ("standard", "guided")
+BACKWARD_RULES: Tuple[str, ...] = ("standard", "guided")
 
 
 @dataclass
 class CamDetails:
-    """Everything one CAM computation produced for one layer.
+    """Everything one CAM computation produced for one layer (or one tensor of a tuple output).
 
     Attributes
     ----------
     activations : Tensor
-        Layer activations, shape ``(N, K, h, w)`` (after ``reshape_transform``).
+        Layer activations, shape ``(N, K, *S)`` (after ``reshape_transform``; a layer output
+        ``(N, K)`` is seen as ``(N, K, 1)``).
     gradients : Tensor or None
-        Gradients of the target scores with respect to the activations, ``(N, K, h, w)``;
-        ``None`` for methods that use no gradients.
+        Gradients of the target scores with respect to the activations, same shape; ``None`` for
+        methods that use no gradients.
     weights : Tensor
-        The method's weights: per channel ``(N, K, 1, 1)`` or per position ``(N, K, h, w)``.
+        The method's weights: per channel ``(N, K, 1, ...)`` or per position ``(N, K, *S)``.
     cam : Tensor
-        The fused map before any ReLU, ``(N, 1, h, w)``.
+        The fused map before any ReLU, ``(N, 1, *S)`` (``(N, 1)`` for a layer output ``(N, K)``).
     target : Tensor or None
-        The class index used for each example, ``(N,)``; ``None`` for a callable target.
-    outputs : Tensor
-        The model outputs on the unperturbed inputs.
+        The class index used for each example, ``(N,)``; ``None`` for a callable or tuple target.
+    outputs : Any
+        The model outputs on the unperturbed inputs (detached).
     """
 
     activations: Tensor
@@ -61,74 +97,181 @@ class CamDetails:
     weights: Tensor
     cam: Tensor
     target: Optional[Tensor]
-    outputs: Tensor
+    outputs: Any
+
+
+@dataclass
+class LayerRecord:
+    """What one forward pass (and one backward pass per target) recorded at the target layers.
+
+    A *unit* is one recorded tensor: one per layer, or one per tensor of a layer's tuple output.
+
+    Attributes
+    ----------
+    activations : list of Tensor
+        Per unit, ``(N, K, *S)`` (canonical layout, detached, compute dtype).
+    gradients : list of list of Tensor
+        ``gradients[t][u]``: gradient of target ``t``'s scores w.r.t. unit ``u`` (same layout);
+        empty when no gradients were taken.
+    outputs : Any
+        The model outputs (detached).
+    targets : list
+        The target specs, one per column ``t``.
+    indices : list of (Tensor or None)
+        Per target, the class index of each example ``(N,)``, or None (callable / tuple targets).
+    units : list of (int, int or None)
+        Per unit, ``(layer index, element index in a tuple output or None)``.
+    flat : list of bool
+        Per unit, whether the layer value was ``(N, K)`` (its maps are returned as ``(N, 1)``).
+    calls : list of int
+        Per layer, how many times it ran in the forward pass.
+    """
+
+    activations: List[Tensor]
+    gradients: List[List[Tensor]]
+    outputs: Any
+    targets: List[Any]
+    indices: List[Optional[Tensor]]
+    units: List[Tuple[int, Optional[int]]]
+    flat: List[bool] = field(default_factory=list)
+    calls: List[int] = field(default_factory=list)
+
+    @property
+    def tuple_output(self) -> bool:
+        """True when the (single) layer returned a tuple of tensors."""
+        return any(e is not None for _, e in self.units)
 
 
 # --------------------------------------------------------------------------------------------
-# Small shared helpers (also used by the metrics and by Conceptor-CAM)
+# Small shared helpers (used by the methods, the metrics and Conceptor-CAM)
 # --------------------------------------------------------------------------------------------
 
 
-def select_target_scores(outputs: Tensor, target: TargetSpec) -> Tensor:
-    """The score of each example's target, shape ``(N,)``.
+def spatial_dims(t: Tensor) -> Tuple[int, ...]:
+    """The dimensions after batch and channel, ``(2, ..., t.dim() - 1)``."""
+    return tuple(range(2, t.dim()))
 
-    ``target`` is ``None`` (the arg-max class), an int, a sequence of ints, a tensor of shape
-    ``()`` or ``(N,)``, or a callable mapping the outputs ``(N, C)`` to scores ``(N,)``.
+
+def _describe(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+
+def _normalise_target(target: TargetSpec, n: int) -> TargetSpec:
+    """Captum's target forms, checked; one-element tensors become ints (broadcast to every example)."""
+    if target is None or (callable(target) and not isinstance(target, Tensor)):
+        return target
+    if isinstance(target, bool):
+        raise TypeError("target must be an int, a tuple, a list, an integer tensor or a callable, got bool")
+    if isinstance(target, int):
+        return target
+    if isinstance(target, tuple):
+        if not target or not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+            raise ValueError(f"a tuple target must hold ints (an index into each example's output), got {target!r}")
+        return target
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")
+        if target.numel() == 1:
+            return int(target.reshape(()).item())  # Captum: one index for every example
+        if target.dim() == 1 and target.shape[0] == n:
+            return target
+        raise ValueError(
+            f"a target tensor must have 1 element (the same class for all) or shape ({n},) "
+            f"(one class per example), got {tuple(target.shape)}"
+        )
+    if isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(f"a target list must hold one entry per example ({n}), got {len(target)}: {target!r}")
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+            return target
+        if all(isinstance(t, tuple) and t and all(isinstance(i, int) for i in t) for t in target):
+            return target
+        raise ValueError(f"a target list must hold ints or tuples of ints, one per example, got {target!r}")
+    raise TypeError(
+        "target must be None, an int, a tuple, a list of ints/tuples, an integer tensor or a callable, "
+        f"got {type(target).__name__}"
+    )
+
+
+def _check_index(index: Tensor, n_classes: int) -> Tensor:
+    if index.numel() and (int(index.min()) < -n_classes or int(index.max()) >= n_classes):
+        raise ValueError(
+            f"target class index out of range: the model has {n_classes} outputs "
+            f"(valid indices {-n_classes}..{n_classes - 1}), got {index.tolist()}"
+        )
+    return torch.where(index < 0, index + n_classes, index)
+
+
+def resolve_target(outputs: Any, target: TargetSpec) -> Optional[Tensor]:
+    """The class index of each example, a LongTensor ``(N,)``, or None when there is none.
+
+    ``None`` selects the arg-max class; ints, lists of ints and integer tensors select classes
+    (negative indices count from the end, as in Python). Callable targets and tuple targets
+    (positions in multi-dimensional outputs) have no class index: None is returned.
     """
     if callable(target) and not isinstance(target, Tensor):
-        scores = target(outputs)
-        if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != outputs.shape[0]:
-            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(
-                f"a callable target must return one score per example, shape ({outputs.shape[0]},), got {shape}"
-            )
-        return scores
-    index = resolve_target(outputs, target)
-    return outputs.gather(1, index[:, None]).squeeze(1)
-
-
-def resolve_target(outputs: Tensor, target: TargetSpec) -> Tensor:
-    """Turn an index-like ``target`` into a LongTensor ``(N,)`` of class indices, validated."""
-    if not isinstance(outputs, Tensor) or outputs.dim() != 2:
-        shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
+        return None
+    if not isinstance(outputs, Tensor) or outputs.dim() < 2:
         raise ValueError(
-            "CAM methods need a model whose output is 2-D (batch, classes) to select a target "
-            f"class, got output of shape {shape}. Wrap the model so it returns (N, C) scores, "
-            "or pass a callable target that maps the output to one score per example."
+            "CAM methods need a model whose output is (batch, classes) to select a target class, got output "
+            f"{_describe(outputs)}. Wrap the model so it returns (N, C) scores, or pass a callable target "
+            "that maps the output to one score per example (see captum_cam_ext.targets)."
         )
-    n, n_classes = outputs.shape
+    n = outputs.shape[0]
+    target = _normalise_target(target, n)
+    if isinstance(target, tuple) or (isinstance(target, list) and target and isinstance(target[0], tuple)):
+        return None
+    if outputs.dim() != 2:
+        raise ValueError(
+            f"the model output has shape {tuple(outputs.shape)}; a class index selects from (N, C) outputs. "
+            "Pass a tuple target (an index into each example's output, as in Captum) or a callable target"
+        )
+    n_classes = outputs.shape[1]
     if target is None:
         return outputs.detach().argmax(dim=1)
-    if isinstance(target, bool):
-        raise TypeError("target must be an int, a sequence of ints, a tensor or a callable, got bool")
     if isinstance(target, int):
         index = torch.full((n,), target, dtype=torch.long, device=outputs.device)
     elif isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex():
-            raise TypeError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")
-        if target.dim() == 0:
-            index = target.reshape(1).expand(n).to(outputs.device, torch.long)
-        elif target.dim() == 1 and target.shape[0] == n:
-            index = target.to(outputs.device, torch.long)
-        else:
-            raise ValueError(
-                f"a target tensor must have shape () or ({n},) (one class per example), got {tuple(target.shape)}"
-            )
-    elif isinstance(target, (list, tuple)):
-        if len(target) != n or not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise ValueError(f"a target list must hold one int class index per example ({n}), got {target!r}")
-        index = torch.tensor(list(target), dtype=torch.long, device=outputs.device)
+        index = target.to(outputs.device, torch.long)
     else:
-        raise TypeError(
-            "target must be None, an int, a sequence of ints, an integer tensor or a callable, "
-            f"got {type(target).__name__}"
-        )
-    if n and (int(index.min()) < 0 or int(index.max()) >= n_classes):
+        index = torch.tensor(list(target), dtype=torch.long, device=outputs.device)  # type: ignore[arg-type]
+    return _check_index(index, n_classes)
+
+
+def select_target_scores(outputs: Any, target: TargetSpec) -> Tensor:
+    """The score of each example's target, shape ``(N,)``.
+
+    ``target`` takes Captum's forms (see :data:`TargetSpec`), or a callable mapping the outputs
+    (a tensor, or whatever the model returns: a dict, a tuple) to scores ``(N,)``.
+    """
+    if callable(target) and not isinstance(target, Tensor):
+        scores = target(outputs)
+        batch = outputs.shape[0] if isinstance(outputs, Tensor) else None
+        if not isinstance(scores, Tensor) or scores.dim() != 1 or (batch is not None and scores.shape[0] != batch):
+            want = f"({batch},)" if batch is not None else "(N,)"
+            raise ValueError(
+                f"a callable target must return one score per example, shape {want}, got {_describe(scores)}"
+            )
+        return scores
+    if not isinstance(outputs, Tensor):
         raise ValueError(
-            f"target class index out of range: the model has {n_classes} outputs "
-            f"(valid indices 0..{n_classes - 1}), got {index.tolist()}"
+            f"the model returned a {type(outputs).__name__}, not a Tensor; pass a callable target that maps "
+            "it to one score per example, e.g. target=lambda out: out['out'][:, 3].sum(dim=(1, 2)) "
+            "(see captum_cam_ext.targets for segmentation and detection targets)"
         )
-    return index
+    if outputs.dim() == 1 and target is None:
+        return outputs
+    n = outputs.shape[0]
+    normal = _normalise_target(target, n)
+    if isinstance(normal, tuple):
+        if len(normal) > outputs.dim() - 1:
+            raise ValueError(f"tuple target {normal} has more indices than the output {tuple(outputs.shape)} has dims")
+        return outputs[(slice(None), *normal)]
+    if isinstance(normal, list) and normal and isinstance(normal[0], tuple):
+        return torch.stack([outputs[(i, *t)] for i, t in enumerate(normal)])
+    index = resolve_target(outputs, normal)
+    assert index is not None
+    return outputs.gather(1, index[:, None]).squeeze(1)
 
 
 def format_inputs(inputs: TensorOrTuple) -> Tuple[Tensor, ...]:
@@ -175,21 +318,51 @@ def repeat_args(args: Optional[Tuple[Any, ...]], repeats: int) -> Optional[Tuple
     )
 
 
-def run_forward(forward_func: Callable, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]]) -> Tensor:
-    """Call ``forward_func(*inputs, *args)`` and check that it returned a tensor."""
-    out = forward_func(*inputs, *(args or ()))
-    if not isinstance(out, Tensor):
-        raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
-    return out
+def run_forward(forward_func: Callable, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]]) -> Any:
+    """Call ``forward_func(*inputs, *args)`` and return what it returns."""
+    return forward_func(*inputs, *(args or ()))
 
 
-def _modules_of(forward_func: Callable) -> List[nn.Module]:
-    return list(forward_func.modules()) if isinstance(forward_func, nn.Module) else []
+def module_path(model: Any, module: nn.Module) -> str:
+    """The dotted name of ``module`` inside ``model`` (``"layer4.1.relu"``), or its type name."""
+    if isinstance(model, nn.Module):
+        for name, m in model.named_modules():
+            if m is module:
+                return name or type(module).__name__
+    return type(module).__name__
 
 
 @contextlib.contextmanager
-def _no_op() -> Iterator[None]:
-    yield
+def preserved_state(model: Any) -> Iterator[None]:
+    """Restore every buffer of ``model`` (e.g. BatchNorm running statistics) after the block.
+
+    Forward passes of a model in ``train()`` mode update its BatchNorm running statistics; a CAM
+    must leave the model as it found it. Only models with a submodule in training mode are
+    snapshotted (in eval mode nothing changes buffers).
+    """
+    if not isinstance(model, nn.Module) or not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+def group_by_device(entries: Sequence[Tuple[Any, Tensor]], device_order: Sequence[Any], call: int) -> List[Tensor]:
+    """Pick call ``call`` of each device and return them in ``device_order``.
+
+    ``entries`` are ``(device, tensor)`` in call order (a ``DataParallel`` model calls a layer once
+    per replica); the result concatenated along the batch is the layer value of the whole batch.
+    """
+    per_device: Dict[Any, List[Tensor]] = {}
+    for dev, t in entries:
+        per_device.setdefault(dev, []).append(t)
+    order = [d for d in device_order if d in per_device] + [d for d in per_device if d not in device_order]
+    return [per_device[d][call] for d in order]
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,53 +370,80 @@ def _no_op() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
-class _LayerRecorder:
-    """Forward hooks on the target layers that capture their outputs (or inputs).
+class LayerRecorder:
+    """Forward hooks on the target layers that capture their outputs (or inputs), every call.
 
-    With ``grad_root=True`` each captured activation becomes a tensor that requires grad. When
-    the forward runs under ``torch.no_grad()`` (graph trimming), the first hooked layer to run
-    detaches its output and switches gradient recording on, so the autograd graph starts at the
-    layer: nothing before it is stored. The hooks return a clone, so in-place operations after
-    the layer (``ReLU(inplace=True)``, ``out += identity``) cannot modify what was captured.
+    With ``grad_root=True`` each captured activation is a tensor that requires grad. When the
+    forward runs under ``torch.no_grad()`` (graph trimming), the first hooked layer to run detaches
+    its output and switches gradient recording on, so the autograd graph starts at the layer:
+    nothing before it is stored. The hooks return a clone, so in-place operations after the layer
+    (``ReLU(inplace=True)``, ``out += identity``) cannot modify what was captured. Tuple outputs
+    are captured element-wise. Use it as a context manager: the hooks are removed on exit, also
+    on exceptions.
+
+    Parameters
+    ----------
+    layers : sequence of nn.Module
+    to_input : bool
+        Capture the layer's (first) input instead of its output.
+    grad_root : bool
+        Make the captured values differentiable graph roots.
+    names : sequence of str, optional
+        The layers' paths in the model, for error messages.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], to_input: bool, grad_root: bool) -> None:
+    def __init__(
+        self, layers: Sequence[nn.Module], to_input: bool, grad_root: bool, names: Optional[Sequence[str]] = None
+    ) -> None:
         self.layers = list(layers)
         self.to_input = to_input
         self.grad_root = grad_root
-        self.captured: List[List[Tensor]] = [[] for _ in self.layers]
+        self.names = list(names) if names is not None else [type(m).__name__ for m in self.layers]
+        self.captured: List[List[Any]] = [[] for _ in self.layers]  # per layer, per call: Tensor or tuple
         self.handles: List[Any] = []
 
-    def _capture(self, i: int, value: Any) -> Tensor:
-        if not isinstance(value, Tensor):
-            where = "input" if self.to_input else "output"
-            raise ValueError(
-                f"the {where} of target layer {type(self.layers[i]).__name__} is a "
-                f"{type(value).__name__}, not a Tensor; pick a layer with a single tensor {where}"
-            )
-        if self.grad_root:
-            if not torch.is_grad_enabled() or not value.requires_grad:
-                value = value.detach().requires_grad_(True)
-                torch.set_grad_enabled(True)
-            self.captured[i].append(value)
-            return value.clone()
-        self.captured[i].append(value.detach().clone())  # in-place ops later must not alter it
+    def _root(self, value: Tensor) -> Tensor:
+        if not value.is_floating_point():
+            return value
+        if not torch.is_grad_enabled() or not value.requires_grad:
+            value = value.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)
         return value
 
-    def __enter__(self) -> _LayerRecorder:
+    def _capture(self, i: int, value: Any) -> Any:
+        where = "input" if self.to_input else "output"
+        if isinstance(value, Tensor):
+            elems: Tuple[Tensor, ...] = (value,)
+        elif isinstance(value, (tuple, list)) and value and all(isinstance(v, Tensor) for v in value):
+            elems = tuple(value)
+        else:
+            raise ValueError(
+                f"the {where} of target layer {self.names[i]} is a {type(value).__name__}, not a Tensor or a "
+                f"tuple of Tensors; pick a layer with tensor {where}s"
+            )
+        if self.grad_root:
+            roots = tuple(self._root(v) for v in elems)
+            self.captured[i].append(roots[0] if isinstance(value, Tensor) else roots)
+            clones = tuple(r.clone() for r in roots)
+            return clones[0] if isinstance(value, Tensor) else type(value)(clones)
+        copies = tuple(v.detach().clone() for v in elems)  # in-place ops later must not alter them
+        self.captured[i].append(copies[0] if isinstance(value, Tensor) else copies)
+        return value
+
+    def __enter__(self) -> LayerRecorder:
         try:
             for i, layer in enumerate(self.layers):
                 if self.to_input:
 
                     def pre_hook(module: nn.Module, args: Tuple[Any, ...], i: int = i) -> Tuple[Any, ...]:
                         if not args:
-                            raise ValueError(f"target layer {type(module).__name__} was called without inputs")
+                            raise ValueError(f"target layer {self.names[i]} was called without inputs")
                         return (self._capture(i, args[0]), *args[1:])
 
                     self.handles.append(layer.register_forward_pre_hook(pre_hook))
                 else:
 
-                    def hook(module: nn.Module, args: Any, out: Any, i: int = i) -> Tensor:
+                    def hook(module: nn.Module, args: Any, out: Any, i: int = i) -> Any:
                         return self._capture(i, out)
 
                     self.handles.append(layer.register_forward_hook(hook))
@@ -253,6 +453,7 @@ class _LayerRecorder:
         return self
 
     def remove(self) -> None:
+        """Remove the hooks (idempotent)."""
         for h in self.handles:
             h.remove()
         self.handles = []
@@ -260,21 +461,38 @@ class _LayerRecorder:
     def __exit__(self, *exc: Any) -> None:
         self.remove()
 
-    def activations(self) -> List[Tensor]:
-        acts = []
-        for layer, got in zip(self.layers, self.captured):
-            if len(got) == 0:
-                raise ValueError(
-                    f"target layer {type(layer).__name__} was not called during the forward pass; "
-                    "pass a submodule that the model actually runs"
-                )
-            if len(got) > 1:
-                raise ValueError(
-                    f"target layer {type(layer).__name__} ran {len(got)} times in one forward pass "
-                    "(a reused module); CAM needs a layer that runs once: pick a module used once"
-                )
-            acts.append(got[0])
-        return acts
+    def calls(self, i: int) -> int:
+        """How many times layer ``i`` ran."""
+        return len(self.captured[i])
+
+    def value(self, i: int, call: int = -1, device_ids: Optional[Sequence[int]] = None) -> Any:
+        """The value captured at call ``call`` of layer ``i`` (default: the last call, as Captum).
+
+        With ``device_ids`` (a ``DataParallel`` model), the selected call of each device,
+        concatenated along the batch in device order.
+        """
+        got = self.captured[i]
+        if not got:
+            raise ValueError(
+                f"target layer {self.names[i]} was not called during the forward pass; pass a submodule that "
+                "the model actually runs (and, with attribute_to_layer_input, one that receives an input)"
+            )
+        devices = {(v if isinstance(v, Tensor) else v[0]).device for v in got}
+        if len(devices) > 1:
+            order = [torch.device("cuda", d) if isinstance(d, int) else torch.device(d) for d in (device_ids or [])]
+            entries = [((v if isinstance(v, Tensor) else v[0]).device, v) for v in got]
+            picked = group_by_device(entries, order, call)  # type: ignore[arg-type]
+            if len(picked) == 1:
+                return picked[0]
+            if isinstance(picked[0], Tensor):
+                return picked  # a list: several graph roots of one batch
+            raise ValueError(f"tuple outputs of layer {self.names[i]} across several devices are not supported")
+        if not -len(got) <= call < len(got):
+            raise ValueError(
+                f"layer_call={call} but target layer {self.names[i]} ran {len(got)} time(s) in the forward pass; "
+                f"pick a call in {-len(got)}..{len(got) - 1} (-1 is the last call, as in Captum)"
+            )
+        return got[call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,28 +500,38 @@ class _LayerRecorder:
 # --------------------------------------------------------------------------------------------
 
 
-class CamAttribution(LayerAttribution, GradientAttribution):
+class CamAttribution(LayerAttribution):
     r"""Base class of every CAM method: a Captum layer attribution over one or several layers.
 
-    A method subclasses it and overrides :meth:`cam_weights` (gradient methods) or
-    :meth:`_perturbation_weights` (Score-CAM, Ablation-CAM). All the rest (hooks, targets,
-    batching, post-processing) happens here, once.
+    Gradient methods subclass :class:`GradientCamAttribution` and override :meth:`cam_weights`;
+    perturbation methods subclass
+    :class:`~captum_cam_ext.attr.perturbation.PerturbationCamAttribution`. All the rest (hooks,
+    targets, batching, post-processing) happens here, once.
 
     Parameters
     ----------
     forward_func : nn.Module or callable
-        The model. Its output must be ``(N, C)`` scores for index targets.
+        The model. Its output is ``(N, C)`` scores for class targets, any tensor for tuple
+        targets, or anything (a dict, a tuple) for callable targets.
     layer : nn.Module or list of nn.Module
-        The layer(s) whose activations are explained. With several layers the maps are upsampled
-        to a common size, min-max normalised per layer and averaged.
+        The layer(s) whose activations are explained. Their value may be ``(N, K, *S)`` with 0 to
+        3 dimensions ``S`` (a ``Linear`` output, sequences, images, volumes) or a tuple of such
+        tensors (one map per tensor, as Captum). With several layers the maps are upsampled to a
+        common size, min-max normalised per layer and averaged.
+    device_ids : list of int, optional
+        As in Captum: the devices of a ``DataParallel`` model, whose layer runs once per replica;
+        the replicas' values are concatenated in this order.
     reshape_transform : callable, optional
-        Maps a layer output (e.g. ViT tokens ``(N, T, C)``) to ``(N, K, h, w)``. Applied to the
+        Maps a layer output (e.g. ViT tokens ``(N, T, C)``) to ``(N, K, *S)``. Applied to the
         activations and to the gradients.
     trim_graph : bool
         When True (default) the forward runs without recording the autograd graph until the
         first target layer, so a gradient CAM costs about one inference forward in memory. The
         gradients are the same (they are taken with respect to the layer only). Turn it off for
         models whose code behaves differently under ``torch.no_grad()``.
+    layer_call : int
+        Which call of a layer that runs several times in one forward pass is explained (default
+        -1, the last one, as Captum).
     """
 
     uses_gradients: ClassVar[bool] = True
@@ -316,17 +544,23 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         self,
         forward_func: Callable,
         layer: LayerSpec,
+        device_ids: Optional[List[int]] = None,
         reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
         trim_graph: bool = True,
+        layer_call: int = -1,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(
                 f"forward_func must be a callable (usually an nn.Module), got {type(forward_func).__name__}"
             )
+        if isinstance(device_ids, nn.Module) or callable(device_ids):
+            raise TypeError(
+                "the third positional argument is device_ids (as in Captum); pass reshape_transform= by keyword"
+            )
         layers: List[nn.Module] = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]  # type: ignore[list-item]
         if not layers:
             raise ValueError("layer is an empty list; pass at least one nn.Module")
-        modules = _modules_of(forward_func)
+        modules = list(forward_func.modules()) if isinstance(forward_func, nn.Module) else []
         for lay in layers:
             if not isinstance(lay, nn.Module):
                 raise TypeError(f"layer must be an nn.Module or a list of them, got {type(lay).__name__}")
@@ -337,118 +571,248 @@ class CamAttribution(LayerAttribution, GradientAttribution):
                 )
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError("reshape_transform must be a callable or None")
-        LayerAttribution.__init__(self, forward_func, layers[0] if len(layers) == 1 else layers)  # type: ignore[arg-type]
-        GradientAttribution.__init__(self, forward_func)
+        if device_ids is not None and (
+            not isinstance(device_ids, (list, tuple)) or not all(isinstance(d, int) for d in device_ids)
+        ):
+            raise TypeError(f"device_ids must be a list of ints (as in Captum) or None, got {device_ids!r}")
+        if isinstance(layer_call, bool) or not isinstance(layer_call, int):
+            raise TypeError(f"layer_call must be an int (-1: the last call), got {layer_call!r}")
+        LayerAttribution.__init__(
+            self,
+            forward_func,
+            layers[0] if len(layers) == 1 else layers,
+            device_ids,  # type: ignore[arg-type]
+        )
         self.layers = layers
+        self.layer_names = [module_path(forward_func, lay) for lay in layers]
         self.reshape_transform = reshape_transform
         self.trim_graph = bool(trim_graph)
+        self.layer_call = layer_call
 
     # ---- what a method overrides --------------------------------------------------------
 
     def cam_weights(self, activations: Tensor, gradients: Optional[Tensor]) -> Tensor:
-        """The method's weights for ``activations`` ``(N, K, h, w)`` and their gradients.
+        """The method's weights for ``activations`` ``(N, K, *S)`` and their gradients.
 
-        Returns ``(N, K, 1, 1)`` channel weights or ``(N, K, h, w)`` position weights.
+        Returns ``(N, K, 1, ...)`` channel weights or ``(N, K, *S)`` position weights.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must override cam_weights (or layer_weights)")
 
     def fuse(self, activations: Tensor, weights: Tensor) -> Tensor:
-        """Fuse channels into one map: ``sum_k w_k * A_k``, shape ``(N, 1, h, w)``."""
+        """Fuse channels into one map: ``sum_k w_k * A_k``, shape ``(N, 1, *S)``."""
         return (weights * activations).sum(dim=1, keepdim=True)
 
-    def _perturbation_weights(
-        self,
-        inputs: Tuple[Tensor, ...],
-        args: Optional[Tuple[Any, ...]],
-        target: TargetSpec,
-        activations: List[Tensor],
-        outputs: Tensor,
-        to_input: bool = False,
-    ) -> List[Tensor]:
-        """Weights of perturbation methods; receives the clean pass' activations per layer."""
-        raise NotImplementedError
+    def contributions(self, activations: Tensor, weights: Tensor) -> Tensor:
+        """Per-channel terms ``w_k * A_k`` ``(N, K, *S)``, returned by ``attr_dim_summation=False``."""
+        return weights * activations
+
+    def layer_weights(
+        self, record: LayerRecord, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]], to_input: bool
+    ) -> List[List[Tensor]]:
+        """Weights ``[target t][unit u]`` from a record; the default applies :meth:`cam_weights`."""
+        out = []
+        for t in range(len(record.targets)):
+            grads: Sequence[Optional[Tensor]] = record.gradients[t] if record.gradients else [None] * len(record.units)
+            out.append([self.cam_weights(a, g) for a, g in zip(record.activations, grads)])
+        return out
 
     # ---- the shared pipeline ------------------------------------------------------------
 
-    def _to_maps(self, value: Tensor, layer: nn.Module) -> Tensor:
+    def to_maps(self, value: Tensor, layer: nn.Module) -> Tensor:
+        """A layer value in the canonical layout ``(N, K, *S)``, ``S`` of 1 to 3 dimensions.
+
+        Applies ``reshape_transform``; a value ``(N, K)`` becomes ``(N, K, 1)``.
+        """
+        where = module_path(self.forward_func, layer)
         if self.reshape_transform is not None:
             value = self.reshape_transform(value)
-            if not isinstance(value, Tensor) or value.dim() != 4:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"reshape_transform must return a 4-D tensor (N, K, h, w), got {shape}")
-            return value
-        if value.dim() != 4:
+            if not isinstance(value, Tensor) or not 2 <= value.dim() <= 5:
+                raise ValueError(
+                    "reshape_transform must return a tensor (N, K, *S) with 0 to 3 dimensions S, "
+                    f"got {_describe(value)}"
+                )
+        elif value.dim() == 3 and self._looks_like_tokens(value):
             raise ValueError(
-                f"the output of layer {type(layer).__name__} has shape {tuple(value.shape)}, not "
-                "(N, K, h, w); pass reshape_transform= to map it to 4-D (e.g. ViT tokens to a grid)"
+                f"the output of layer {where} has shape {tuple(value.shape)}, which looks like tokens "
+                "(N, tokens, channels); pass reshape_transform= to map it to (N, channels, h, w) "
+                "(e.g. captum_cam_ext.reshape.vit_reshape_transform)"
             )
-        return value
+        if value.dim() < 2 or value.dim() > 5:
+            raise ValueError(
+                f"the value of layer {where} has shape {tuple(value.shape)}; CAMs need (N, K) or (N, K, *S) "
+                "with at most 3 dimensions S; pass reshape_transform= to map it"
+            )
+        return value[..., None] if value.dim() == 2 else value
+
+    @staticmethod
+    def _looks_like_tokens(value: Tensor) -> bool:
+        # (N, T, C) with T = 1 + a square number (class token + patch grid), as ViTs produce
+        t = value.shape[1]
+        root = int(round((t - 1) ** 0.5)) if t > 1 else 0
+        return t > 4 and root * root == t - 1 and value.shape[2] > t
 
     def _guided_context(self, backward_rule: str) -> Any:
-        if backward_rule not in _BACKWARD_RULES:
-            raise ValueError(f"backward_rule must be one of {_BACKWARD_RULES}, got {backward_rule!r}")
         if backward_rule == "standard":
-            return _no_op()
+            return contextlib.nullcontext()
         if not isinstance(self.forward_func, nn.Module):
             raise TypeError("backward_rule='guided' needs forward_func to be an nn.Module (its ReLUs are hooked)")
-        from captum_cam_ext.backprop import guided_relus
-
         return guided_relus(self.forward_func)
+
+    def _no_gradient_error(self, reason: str) -> ValueError:
+        names = ", ".join(self.layer_names)
+        return ValueError(
+            f"{type(self).__name__} needs the gradient of the target score with respect to layer {names}, "
+            f"but {reason}. Call attribute() outside torch.inference_mode(), and do not detach or run "
+            "torch.no_grad() between that layer and the output inside the model's forward (for a frozen "
+            "backbone, freeze it with requires_grad_(False) instead); or pick a layer after the detached part"
+        )
+
+    def record(
+        self,
+        inputs: TensorOrTuple,
+        targets: Sequence[TargetSpec] = (None,),
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        backward_rule: Optional[str] = None,
+        with_gradients: Optional[bool] = None,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> LayerRecord:
+        """One forward pass, then one backward pass per target: activations, gradients, outputs.
+
+        Parameters
+        ----------
+        inputs, additional_forward_args, attribute_to_layer_input, backward_rule, grad_kwargs :
+            As in :meth:`attribute` (inputs are validated here).
+        targets : sequence of target specs
+            One entry per column ``t`` (each in any form ``attribute`` accepts).
+        with_gradients : bool, optional
+            Take gradients (default: the method's ``uses_gradients``).
+
+        Returns
+        -------
+        LayerRecord
+        """
+        tup = format_inputs(inputs)
+        args = _format_additional_forward_args(additional_forward_args)
+        rule = self.check_options("bilinear", None, backward_rule)
+        self._check_inputs_match_model(tup)
+        return self._record(tup, args, list(targets), attribute_to_layer_input, rule, with_gradients, grad_kwargs)
 
     def _record(
         self,
         inputs: Tuple[Tensor, ...],
         args: Optional[Tuple[Any, ...]],
-        target: TargetSpec,
+        targets: List[TargetSpec],
         to_input: bool,
-        with_gradients: bool,
-        backward_rule: str = "standard",
-    ) -> Tuple[List[Tensor], Optional[List[Tensor]], Tensor]:
-        """One forward (and backward): activations, gradients (or None) and outputs."""
-        if not with_gradients:
-            with torch.no_grad(), _LayerRecorder(self.layers, to_input, grad_root=False) as rec:
+        rule: str,
+        with_gradients: Optional[bool] = None,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> LayerRecord:
+        grads_wanted = self.uses_gradients if with_gradients is None else bool(with_gradients)
+        n = inputs[0].shape[0]
+        targets = [_normalise_target(t, n) for t in targets]
+        if grads_wanted and torch.is_inference_mode_enabled():
+            raise self._no_gradient_error(
+                "attribute() was called inside torch.inference_mode(), where no gradient exists"
+            )
+        rec = LayerRecorder(self.layers, to_input, grad_root=grads_wanted, names=self.layer_names)
+        grad_ctx: Any = (
+            (torch.no_grad() if self.trim_graph else torch.enable_grad()) if grads_wanted else torch.no_grad()
+        )
+        gradients: List[List[Tensor]] = []
+        with preserved_state(self.forward_func), self._guided_context(rule if grads_wanted else "standard"), grad_ctx:
+            with rec:
                 outputs = run_forward(self.forward_func, inputs, args)
-            return rec.activations(), None, outputs.detach()
-        grad_ctx = torch.no_grad() if self.trim_graph else torch.enable_grad()
-        with self._guided_context(backward_rule), grad_ctx:
-            with _LayerRecorder(self.layers, to_input, grad_root=True) as rec:
-                outputs = run_forward(self.forward_func, inputs, args)
-                acts = rec.activations()
-            scores = select_target_scores(outputs, target)
-            if not scores.requires_grad:
-                grads = [torch.zeros_like(a) for a in acts]
-            else:
-                got = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
-                grads = [torch.zeros_like(a) if g is None else g for a, g in zip(acts, got)]
-        return [a.detach() for a in acts], grads, outputs.detach()
+            raw = [rec.value(i, self.layer_call, self.device_ids) for i in range(len(self.layers))]
+            calls = [rec.calls(i) for i in range(len(self.layers))]
+            units, values = self._units(raw)
+            if grads_wanted:
+                roots = [v if isinstance(v, list) else [v] for v in values]
+                flat_roots = [r for rs in roots for r in rs]
+                for t, target in enumerate(targets):
+                    scores = select_target_scores(outputs, target)
+                    if not scores.requires_grad:
+                        raise self._no_gradient_error(
+                            "the target score does not depend on it through a recorded graph (the output was "
+                            "computed under torch.no_grad() or detached after the layer)"
+                        )
+                    kw = {"allow_unused": True, "retain_graph": t < len(targets) - 1, **(grad_kwargs or {})}
+                    got = torch.autograd.grad(scores.sum(), flat_roots, **kw)
+                    if any(g is None for g in got):
+                        raise self._no_gradient_error(
+                            "no gradient flows from the target score to it (a .detach() or torch.no_grad() sits "
+                            "between the layer and the output, or the output does not use the layer)"
+                        )
+                    it = iter(got)
+                    gradients.append([torch.cat([next(it) for _ in rs]) for rs in roots])  # type: ignore[misc]
+        acts = [torch.cat([r.detach() for r in v]) if isinstance(v, list) else v.detach() for v in values]
+        out_detached = outputs.detach() if isinstance(outputs, Tensor) else outputs
+        layer_of = [self.layers[li] for li, _ in units]
+        canon_acts = [self.to_maps(a, lay) for a, lay in zip(acts, layer_of)]
+        flat = [a.dim() == 2 and self.reshape_transform is None for a in acts]
+        dtype_of = [self._compute_dtype(a) for a in canon_acts]
+        canon_acts = [a.to(d) for a, d in zip(canon_acts, dtype_of)]
+        canon_grads = [
+            [self.to_maps(g.detach(), lay).to(d) for g, lay, d in zip(gs, layer_of, dtype_of)] for gs in gradients
+        ]
+        indices = [resolve_target(out_detached, t) if self._has_class_index(out_detached, t) else None for t in targets]
+        return LayerRecord(canon_acts, canon_grads, out_detached, targets, indices, units, flat, calls)
 
-    def _compute(
+    @staticmethod
+    def _has_class_index(outputs: Any, target: TargetSpec) -> bool:
+        if callable(target) and not isinstance(target, Tensor):
+            return False
+        if isinstance(target, tuple) or (isinstance(target, list) and target and isinstance(target[0], tuple)):
+            return False
+        return isinstance(outputs, Tensor) and outputs.dim() == 2
+
+    @staticmethod
+    def _compute_dtype(t: Tensor) -> torch.dtype:
+        return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+    def _units(self, raw: List[Any]) -> Tuple[List[Tuple[int, Optional[int]]], List[Any]]:
+        units: List[Tuple[int, Optional[int]]] = []
+        values: List[Any] = []
+        for li, v in enumerate(raw):
+            if isinstance(v, tuple):
+                if len(self.layers) > 1:
+                    raise ValueError(
+                        f"layer {self.layer_names[li]} returns a tuple of tensors; with several layers each must "
+                        "return one tensor (explain a tuple-output layer on its own: one map per tensor)"
+                    )
+                units += [(li, e) for e in range(len(v))]
+                values += list(v)
+            else:
+                units.append((li, None))
+                values.append(v)
+        return units, values
+
+    def _details(self, record: LayerRecord, weights: List[List[Tensor]]) -> List[List[CamDetails]]:
+        result = []
+        for t, ws in enumerate(weights):
+            row = []
+            for u, (a, w) in enumerate(zip(record.activations, ws)):
+                g = record.gradients[t][u] if record.gradients else None
+                cam = self.fuse(a, w)
+                if record.flat[u]:
+                    cam = cam.reshape(cam.shape[0], 1)
+                row.append(CamDetails(a, g, w, cam, record.indices[t], record.outputs))
+            result.append(row)
+        return result
+
+    def _compute_many(
         self,
         inputs: Tuple[Tensor, ...],
         args: Optional[Tuple[Any, ...]],
-        target: TargetSpec,
+        targets: List[TargetSpec],
         to_input: bool,
-        backward_rule: str = "standard",
-    ) -> List[CamDetails]:
-        acts, grads, outputs = self._record(inputs, args, target, to_input, self.uses_gradients, backward_rule)
-        index = None if (callable(target) and not isinstance(target, Tensor)) else resolve_target(outputs, target)
-        layer_acts = [self._to_maps(a, lay) for a, lay in zip(acts, self.layers)]
-        layer_grads: List[Optional[Tensor]] = (
-            [self._to_maps(g, lay) for g, lay in zip(grads, self.layers)] if grads is not None else [None] * len(acts)
-        )
-        if self.uses_perturbation:
-            tgt = index if index is not None else target
-            weights = self._perturbation_weights(inputs, args, tgt, layer_acts, outputs, to_input)
-        else:
-            weights = [
-                self.cam_weights(a.float(), None if g is None else g.float()) for a, g in zip(layer_acts, layer_grads)
-            ]
-        details = []
-        for a, g, w in zip(layer_acts, layer_grads, weights):
-            a32 = a.float()
-            cam = self.fuse(a32, w)
-            details.append(CamDetails(a32, None if g is None else g.float(), w, cam, index, outputs))
-        return details
+        rule: str,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> List[List[CamDetails]]:
+        record = self._record(inputs, args, targets, to_input, rule, grad_kwargs=grad_kwargs)
+        with preserved_state(self.forward_func):
+            weights = self.layer_weights(record, inputs, args, to_input)
+        return self._details(record, weights)
 
     def compute(
         self,
@@ -457,34 +821,36 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
         backward_rule: Optional[str] = None,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
     ) -> List[CamDetails]:
-        """Activations, gradients, weights and the raw fused map, one :class:`CamDetails` per layer.
+        """Activations, gradients, weights and the raw fused map, one :class:`CamDetails` per unit.
 
         Same arguments as :meth:`attribute` (without the post-processing ones). This is what
-        Conceptor-CAM and :class:`MultiCam` build on.
+        Conceptor-CAM and :class:`~captum_cam_ext.MultiCam` build on.
         """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        rule = self._check_post_args("bilinear", None, backward_rule)
+        rule = self.check_options("bilinear", None, backward_rule)
         self._check_inputs_match_model(tup)
-        return self._compute(tup, args, target, attribute_to_layer_input, rule)
+        return self._compute_many(tup, args, [target], attribute_to_layer_input, rule, grad_kwargs)[0]
 
     def compute_for_targets(
         self,
         inputs: TensorOrTuple,
-        targets: Union[Tensor, Callable[[Tensor], Tensor]],
+        targets: Union[Tensor, Callable[[Any], Tensor]],
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
+        backward_rule: Optional[str] = None,
     ) -> List[List[CamDetails]]:
         """:meth:`compute` for several classes per example, sharing the expensive passes.
 
-        Perturbation methods (Score-CAM, Ablation-CAM) score every class from the same masked
-        forward passes, so ``T`` targets cost about one target. Gradient methods run one
-        :meth:`compute` per column.
+        Gradient methods run one forward pass and one backward pass per class; perturbation
+        methods (Score-CAM, Ablation-CAM) score every class from the same masked forward passes,
+        so ``T`` targets cost about one target.
 
         Parameters
         ----------
-        inputs, additional_forward_args, attribute_to_layer_input :
+        inputs, additional_forward_args, attribute_to_layer_input, backward_rule :
             As in :meth:`attribute`.
         targets : LongTensor or callable
             ``(N, T)`` class indices, or a callable mapping the clean outputs ``(N, C)`` to them
@@ -493,61 +859,67 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         Returns
         -------
         list of list of CamDetails
-            ``result[t][l]``: target column ``t``, layer ``l``.
+            ``result[t][u]``: target column ``t``, unit (layer) ``u``.
         """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
+        rule = self.check_options("bilinear", None, backward_rule)
         self._check_inputs_match_model(tup)
-        if not self.uses_perturbation:
-            if callable(targets) and not isinstance(targets, Tensor):
-                with torch.no_grad():
-                    targets = targets(run_forward(self.forward_func, tup, args))
-            index = self._check_target_matrix(targets, None)
-            rule = self.default_backward_rule
-            return [
-                self._compute(tup, args, index[:, t], attribute_to_layer_input, rule) for t in range(index.shape[1])
-            ]
-        acts, _, outputs = self._record(tup, args, None, attribute_to_layer_input, with_gradients=False)
         if callable(targets) and not isinstance(targets, Tensor):
-            targets = targets(outputs)
-        index = self._check_target_matrix(targets, outputs)
-        layer_acts = [self._to_maps(a, lay).float() for a, lay in zip(acts, self.layers)]
-        weights = self._perturbation_weights(tup, args, index, layer_acts, outputs, attribute_to_layer_input)
-        return [
-            [CamDetails(a, None, w[t], self.fuse(a, w[t]), index[:, t], outputs) for a, w in zip(layer_acts, weights)]
-            for t in range(index.shape[1])
-        ]
+            with torch.no_grad(), preserved_state(self.forward_func):
+                targets = targets(run_forward(self.forward_func, tup, args))
+        index = self.check_target_matrix(targets, tup[0].shape[0])
+        return self._compute_many(
+            tup, args, [index[:, t] for t in range(index.shape[1])], attribute_to_layer_input, rule
+        )
 
     @staticmethod
-    def _check_target_matrix(targets: Any, outputs: Optional[Tensor]) -> Tensor:
+    def check_target_matrix(targets: Any, n: int) -> Tensor:
+        """Validate an ``(N, T)`` integer tensor of class indices; returns it as a LongTensor."""
         if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.is_floating_point():
-            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-            raise ValueError(f"targets must be an integer tensor of shape (N, T), got {shape}")
-        if outputs is not None:
-            for t in range(targets.shape[1]):
-                resolve_target(outputs, targets[:, t])  # validates the range and the batch size
+            raise ValueError(f"targets must be an integer tensor of shape (N, T), got {_describe(targets)}")
+        if targets.shape[0] != n:
+            raise ValueError(f"targets has {targets.shape[0]} rows but the batch has {n} examples")
+        if targets.shape[1] == 0:
+            raise ValueError("targets has no columns; pass at least one class per example")
         return targets.long()
 
     def _postprocess(
         self,
         cams: List[Tensor],
-        input_size: Optional[Tuple[int, int]],
+        input_size: Optional[Tuple[int, ...]],
         relu_attributions: bool,
         interpolate_mode: str,
         normalize: bool,
-    ) -> Tensor:
+        tuple_output: bool = False,
+    ) -> List[Tensor]:
         if relu_attributions:
-            cams = [F.relu(c) for c in cams]
-        if len(cams) == 1:
-            out = cams[0]
-            if input_size is not None:
-                # normalising before the resize too keeps a constant map exactly constant
-                # (interpolation rounding would otherwise be blown up by the min-max)
-                out = upsample_maps(normalize_maps(out) if normalize else out, input_size, interpolate_mode)
-        else:
-            size = input_size or max(((c.shape[-2], c.shape[-1]) for c in cams), key=lambda s: s[0] * s[1])
-            out = torch.stack([normalize_maps(upsample_maps(c, size, interpolate_mode)) for c in cams]).mean(0)
-        return normalize_maps(out) if normalize else out
+            cams = [torch.relu(c) for c in cams]
+        if tuple_output or len(cams) == 1:
+            out = []
+            for c in cams:
+                if input_size is not None:
+                    # normalising before the resize too keeps a constant map exactly constant
+                    # (interpolation rounding would otherwise be blown up by the min-max)
+                    c = upsample_maps(
+                        normalize_maps(c) if normalize else c, self._size_for(c, input_size), interpolate_mode
+                    )
+                out.append(normalize_maps(c) if normalize else c)
+            return out
+        if any(c.dim() != cams[0].dim() for c in cams):
+            raise ValueError("several layers can be fused only when their maps have the same number of dimensions")
+        size = input_size or max((tuple(c.shape[2:]) for c in cams), key=lambda s: int(torch.tensor(s).prod()))
+        fused = torch.stack([normalize_maps(upsample_maps(c, size, interpolate_mode)) for c in cams]).mean(0)
+        return [normalize_maps(fused) if normalize else fused]
+
+    @staticmethod
+    def _size_for(cam: Tensor, input_size: Tuple[int, ...]) -> Tuple[int, ...]:
+        spatial = cam.dim() - 2
+        if spatial < 1:
+            raise ValueError("upsample_to_input needs a layer with spatial dimensions; this layer's map is (N, 1)")
+        if len(input_size) < spatial:
+            raise ValueError(f"cannot upsample a {spatial}-D map to inputs with spatial size {input_size}")
+        return tuple(input_size[-spatial:])
 
     def _check_inputs_match_model(self, inputs: Tuple[Tensor, ...]) -> None:
         if not isinstance(self.forward_func, nn.Module):
@@ -562,13 +934,13 @@ class CamAttribution(LayerAttribution, GradientAttribution):
                         f"convert one to the other (inputs.to({dtype}) or model.to({x.dtype}))"
                     )
 
-    def _check_post_args(
+    def check_options(
         self, interpolate_mode: str, internal_batch_size: Optional[int], backward_rule: Optional[str]
     ) -> str:
         """Validate the common options; return the backward rule in force (the class default for None)."""
         rule = self.default_backward_rule if backward_rule is None else backward_rule
-        if rule not in _BACKWARD_RULES:
-            raise ValueError(f"backward_rule must be one of {_BACKWARD_RULES}, got {rule!r}")
+        if rule not in BACKWARD_RULES:
+            raise ValueError(f"backward_rule must be one of {BACKWARD_RULES}, got {rule!r}")
         check_interpolate_mode(interpolate_mode)
         if internal_batch_size is not None and (
             not isinstance(internal_batch_size, int) or isinstance(internal_batch_size, bool) or internal_batch_size < 1
@@ -585,7 +957,7 @@ class CamAttribution(LayerAttribution, GradientAttribution):
     def _slice_target(target: TargetSpec, start: int, stop: int, n: int) -> TargetSpec:
         if isinstance(target, Tensor) and target.dim() == 1 and target.shape[0] == n:
             return target[start:stop]
-        if isinstance(target, (list, tuple)) and len(target) == n:
+        if isinstance(target, list) and len(target) == n:
             return list(target[start:stop])
         return target
 
@@ -597,12 +969,14 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
+        attr_dim_summation: bool = True,
+        grad_kwargs: Optional[Dict[str, Any]] = None,
         upsample_to_input: bool = False,
         interpolate_mode: str = "bilinear",
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
         backward_rule: Optional[str] = None,
-    ) -> Tensor:
+    ) -> MapsOrTuple:
         r"""Compute the class activation map of each example.
 
         Parameters
@@ -610,10 +984,13 @@ class CamAttribution(LayerAttribution, GradientAttribution):
         inputs : Tensor or tuple of Tensor
             Model inputs; the first dimension is the batch ``N``. A tuple is passed to the model
             as positional arguments, as in Captum.
-        target : int, list of int, Tensor, callable or None
-            The class explained for each example: an int for all, one int per example (list or
-            ``(N,)`` tensor), a callable ``outputs (N, C) -> scores (N,)``, or None for the
-            arg-max class.
+        target : int, tuple, list, Tensor, callable or None
+            What is explained, in Captum's forms: an int (negative counts from the end) or a
+            one-element tensor for all examples; a list of ints or an ``(N,)`` tensor, one class per
+            example; a tuple (or a list of tuples) indexing each example's output for models with
+            multi-dimensional outputs; None for the arg-max class. Also a callable mapping the
+            model's output (a tensor, or a dict / tuple for segmentation and detection models) to
+            one score per example ``(N,)`` (see :mod:`captum_cam_ext.targets`).
         additional_forward_args : Any, optional
             Extra positional arguments passed to the model after ``inputs``. Tensors whose first
             dimension is ``N`` are split with the batch when ``internal_batch_size`` is set.
@@ -621,10 +998,16 @@ class CamAttribution(LayerAttribution, GradientAttribution):
             Explain the layer's input instead of its output.
         relu_attributions : bool
             Apply a ReLU to the map (Captum's default is False; pytorch-grad-cam always applies it).
+        attr_dim_summation : bool
+            Sum over channels (default, the CAM). False returns the per-channel terms
+            ``w_k A_k`` ``(N, K, *S)``, as Captum's ``LayerGradCam`` does.
+        grad_kwargs : dict, optional
+            Extra keyword arguments for ``torch.autograd.grad`` (as Captum).
         upsample_to_input : bool
-            Upsample the map to the spatial size of ``inputs[0]`` (last two dimensions).
+            Upsample the map to the spatial size of ``inputs[0]`` (its last 1-3 dimensions).
         interpolate_mode : str
-            ``"bilinear"`` (default, ``align_corners=False``), ``"nearest"``, ``"bicubic"``, ``"area"``.
+            ``"bilinear"`` (default, ``align_corners=False``; linear / trilinear for 1-D / 3-D
+            maps), ``"nearest"``, ``"bicubic"``, ``"area"``.
         normalize : bool
             Min-max normalise each example's map to ``[0, 1]`` (after ReLU and upsampling).
         internal_batch_size : int, optional
@@ -637,43 +1020,75 @@ class CamAttribution(LayerAttribution, GradientAttribution):
 
         Returns
         -------
-        Tensor
-            ``(N, 1, h, w)`` at the layer's resolution, or ``(N, 1, H, W)`` with
-            ``upsample_to_input=True``; with several layers, at the largest layer's resolution.
-        """
-        def raw_maps(tup: Tuple[Tensor, ...], args: Any, target: TargetSpec, to_input: bool, rule: str) -> RawMaps:
-            return {"cam": [d.cam for d in self._compute(tup, args, target, to_input, rule)]}
+        Tensor or tuple of Tensor
+            ``(N, 1, *S)`` at the layer's resolution (``(N, 1)`` for a layer output ``(N, K)``),
+            ``(N, 1, H, W)`` with ``upsample_to_input=True``; with several layers, at the
+            largest layer's resolution. A tuple, one map per tensor, when the layer returns a
+            tuple of tensors (as Captum).
 
-        return self._attribute_in_chunks(
-            raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
-            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+        Raises
+        ------
+        ValueError
+            No gradient can flow from the target score to the layer (``torch.inference_mode``,
+            ``no_grad`` or ``.detach()`` between the layer and the output), an invalid target, a
+            layer that is not called, and the other invalid inputs (the message says what to do).
+        """
+        return self.attribute_in_chunks(
+            self._raw_maps(attr_dim_summation, grad_kwargs), inputs, target, additional_forward_args,
+            attribute_to_layer_input, relu_attributions, upsample_to_input, interpolate_mode, normalize,
+            internal_batch_size, backward_rule,
         )["cam"]  # fmt: skip
 
-    def _attribute_in_chunks(
+    def _raw_maps(self, attr_dim_summation: bool, grad_kwargs: Optional[Dict[str, Any]]) -> Callable[..., RawMaps]:
+        def raw_maps(tup: Tuple[Tensor, ...], args: Any, target: TargetSpec, to_input: bool, rule: str) -> RawMaps:
+            (details,) = self._compute_many(tup, args, [target], to_input, rule, grad_kwargs)
+            if attr_dim_summation:
+                return {"cam": [d.cam for d in details]}
+            return {"cam": [self.contributions(d.activations, d.weights) for d in details]}
+
+        return raw_maps
+
+    def attribute_in_chunks(
         self,
         raw_maps: Callable[[Tuple[Tensor, ...], Any, TargetSpec, bool, str], RawMaps],
         inputs: TensorOrTuple,
-        target: TargetSpec,
-        additional_forward_args: Any,
-        attribute_to_layer_input: bool,
-        relu_attributions: bool,
-        upsample_to_input: bool,
-        interpolate_mode: str,
-        normalize: bool,
-        internal_batch_size: Optional[int],
-        backward_rule: Optional[str],
-    ) -> Dict[str, Tensor]:
-        """The body of every ``attribute``: validate, split into chunks of examples, get the raw
-        maps of each chunk from ``raw_maps`` (``{name: [map per layer]}``), post-process, concatenate."""
+        target: TargetSpec = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        upsample_to_input: bool = False,
+        interpolate_mode: str = "bilinear",
+        normalize: bool = False,
+        internal_batch_size: Optional[int] = None,
+        backward_rule: Optional[str] = None,
+    ) -> Dict[str, MapsOrTuple]:
+        """The body of every ``attribute``: validate, chunk, get raw maps, post-process, concatenate.
+
+        Parameters
+        ----------
+        raw_maps : callable
+            ``raw_maps(inputs_chunk, args_chunk, target_chunk, attribute_to_layer_input, backward_rule)``
+            returns ``{name: [raw map (n, 1, *S) per unit]}`` for one chunk of examples. Methods
+            built on the engine (Conceptor-CAM, MultiCam) pass their own.
+        inputs, target, ... :
+            As in :meth:`attribute`.
+
+        Returns
+        -------
+        dict
+            ``{name: maps}``; maps are a tensor, or a tuple when the layer returns a tuple.
+        """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        rule = self._check_post_args(interpolate_mode, internal_batch_size, backward_rule)
+        rule = self.check_options(interpolate_mode, internal_batch_size, backward_rule)
         self._check_inputs_match_model(tup)
-        if upsample_to_input and tup[0].dim() < 3:
-            raise ValueError(f"upsample_to_input needs spatial inputs (N, C, H, W), got {tuple(tup[0].shape)}")
         n = tup[0].shape[0]
-        input_size = (tup[0].shape[-2], tup[0].shape[-1]) if upsample_to_input else None
-        parts: Dict[str, List[Tensor]] = {}
+        target = _normalise_target(target, n)
+        if upsample_to_input and tup[0].dim() < 3:
+            raise ValueError(f"upsample_to_input needs spatial inputs (N, C, *S), got {tuple(tup[0].shape)}")
+        input_size = tuple(tup[0].shape[2:]) if upsample_to_input else None
+        parts: Dict[str, List[List[Tensor]]] = {}
+        tuple_names: set = set()
         for start, stop in self._chunks(n, internal_batch_size):
             maps = raw_maps(
                 tuple(x[start:stop] for x in tup),
@@ -683,6 +1098,52 @@ class CamAttribution(LayerAttribution, GradientAttribution):
                 rule,
             )
             for name, cams in maps.items():
-                post = self._postprocess(cams, input_size, relu_attributions, interpolate_mode, normalize)
+                is_tuple = len(cams) > 1 and len(self.layers) == 1
+                if is_tuple:
+                    tuple_names.add(name)
+                post = self._postprocess(cams, input_size, relu_attributions, interpolate_mode, normalize, is_tuple)
                 parts.setdefault(name, []).append(post)
-        return {name: p[0] if len(p) == 1 else torch.cat(p, dim=0) for name, p in parts.items()}
+        out: Dict[str, MapsOrTuple] = {}
+        for name, chunks in parts.items():
+            per_unit = [
+                torch.cat([c[u] for c in chunks], dim=0) if len(chunks) > 1 else chunks[0][u]
+                for u in range(len(chunks[0]))
+            ]
+            out[name] = tuple(per_unit) if name in tuple_names else per_unit[0]
+        return out
+
+
+class GradientCamAttribution(CamAttribution, GradientAttribution):
+    """Base class of the gradient CAM methods: a Captum ``LayerAttribution`` + ``GradientAttribution``.
+
+    Subclasses override :meth:`CamAttribution.cam_weights`; see :class:`CamAttribution` for the
+    parameters.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: LayerSpec,
+        device_ids: Optional[List[int]] = None,
+        reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
+        trim_graph: bool = True,
+        layer_call: int = -1,
+    ) -> None:
+        CamAttribution.__init__(self, forward_func, layer, device_ids, reshape_transform, trim_graph, layer_call)
+        GradientAttribution.__init__(self, forward_func)
+
+
+def warn_train_mode_once(owner: Any, model: Any, what: str) -> None:
+    """Warn (once per attribution object) that a train-mode model mixes the perturbed copies' batch statistics."""
+    if getattr(owner, "_warned_train_mode", False) or not isinstance(model, nn.Module):
+        return
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
+        warnings.warn(
+            f"{what} runs the model on batches of perturbed copies while it is in train() mode: its BatchNorm "
+            "layers normalise each batch with that batch's own statistics, so the copies influence each other "
+            "and the weights depend on batch_size. Call model.eval() first for the method's usual definition "
+            "(the running statistics are left unchanged either way).",
+            UserWarning,
+            stacklevel=3,
+        )
+        owner._warned_train_mode = True

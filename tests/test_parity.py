@@ -165,5 +165,5 @@ def test_multicam_equals_each_method_alone(nets):
     names = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam"]
     together = cce.MultiCam(model, layer, methods=names).attribute(x, target=[1, 2, 3], relu_attributions=True)
     for name in names:
-        alone = cce.MULTI_CAM_METHODS[name](model, layer).attribute(x, target=[1, 2, 3], relu_attributions=True)
+        alone = cce.registry.method_class(name)(model, layer).attribute(x, target=[1, 2, 3], relu_attributions=True)
         torch.testing.assert_close(together[name], alone, atol=1e-6, rtol=1e-5)

@@ -15,7 +15,8 @@ from captum_cam_ext.attr.score_cam import LayerScoreCam
 from captum_cam_ext.attr.ablation_cam import LayerAblationCam
 from captum_cam_ext.attr.guided_grad_cam import LayerGuidedGradCam
 from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
-from captum_cam_ext.attr.multi_cam import MULTI_CAM_METHODS, MultiCam
+from captum_cam_ext.attr.multi_cam import MultiCam
+from captum_cam_ext.attr.perturbation import PerturbationCamAttribution
 
 __all__ = [
     "LayerAblationCam",
@@ -29,6 +30,6 @@ __all__ = [
     "LayerHiResCam",
     "LayerScoreCam",
     "LayerXGradCam",
-    "MULTI_CAM_METHODS",
     "MultiCam",
+    "PerturbationCamAttribution",
 ]

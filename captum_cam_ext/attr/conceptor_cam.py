@@ -27,7 +27,6 @@ from captum_cam_ext._engine import (
     RawMaps,
     TargetSpec,
     TensorOrTuple,
-    _LayerRecorder,
     format_inputs,
     resolve_target,
 )
@@ -372,51 +371,6 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         scores.scatter_(1, index[:, None], -math.inf)
         return scores.topk(self.k, dim=1).indices  # (N, k)
 
-    def _one_pass(
-        self,
-        inputs: Tuple[Tensor, ...],
-        args: Optional[Tuple[Any, ...]],
-        target: TargetSpec,
-        to_input: bool,
-        backward_rule: str,
-    ) -> List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]:
-        """Gradient bases with competitor classes: one forward, one backward per class."""
-        base = self.base
-        grad_ctx = torch.no_grad() if base.trim_graph else torch.enable_grad()
-        with base._guided_context(backward_rule), grad_ctx:
-            with _LayerRecorder(base.layers, to_input, grad_root=True) as rec:
-                out = base.forward_func(*inputs, *(args or ()))
-                acts = rec.activations()
-            if not isinstance(out, Tensor):
-                raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
-            index = (
-                None
-                if (callable(target) and not isinstance(target, Tensor))
-                else resolve_target(out, target)
-            )
-            competitors = self._competitors(out, index)  # raises for a callable target
-            classes = torch.cat([index[:, None], competitors], dim=1)  # type: ignore[index]
-            per_class: List[List[Tensor]] = []
-            for j in range(classes.shape[1]):
-                score = out.gather(1, classes[:, j : j + 1]).sum()
-                if score.requires_grad:
-                    got = torch.autograd.grad(
-                        score, acts, retain_graph=j < classes.shape[1] - 1, allow_unused=True
-                    )
-                    per_class.append(
-                        [torch.zeros_like(a) if g is None else g for a, g in zip(acts, got)]
-                    )
-                else:
-                    per_class.append([torch.zeros_like(a) for a in acts])
-        result = []
-        for li, (a, layer) in enumerate(zip(acts, base.layers)):
-            A = base._to_maps(a.detach(), layer).float()
-            ws = [
-                base.cam_weights(A, base._to_maps(g[li].detach(), layer).float()) for g in per_class
-            ]
-            result.append((A, ws[0], base.fuse(A, ws[0]), [(A, w) for w in ws[1:]]))
-        return result
-
     def _gather(
         self,
         inputs: Tuple[Tensor, ...],
@@ -427,29 +381,25 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
     ) -> List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]:
         """Per layer: activations, target weights, base map, competitor (activations, weights)."""
         base = self.base
-        if self._uses_classes and base.uses_gradients and not base.uses_perturbation:
-            return self._one_pass(inputs, args, target, to_input, backward_rule)
         callable_target = callable(target) and not isinstance(target, Tensor)
-        if self._uses_classes and base.uses_perturbation and not callable_target:
-            # perturbation bases score the target and its competitors from the same passes
+        if self._uses_classes and not callable_target:
+            # the target and its competitors from shared passes: one forward and k + 1 backward
+            # passes for gradient bases, the same masked passes for perturbation bases
             def with_competitors(outputs: Tensor) -> Tensor:
                 index = resolve_target(outputs, target)
-                return torch.cat([index[:, None], self._competitors(outputs, index)], dim=1)
+                return torch.cat([index[:, None], self._competitors(outputs, index)], dim=1)  # type: ignore[index]
 
-            per_target = base.compute_for_targets(inputs, with_competitors, args, to_input)
+            per_target = base.compute_for_targets(inputs, with_competitors, args, to_input, backward_rule)
             return [
                 (d.activations, d.weights, d.cam, [(c[li].activations, c[li].weights) for c in per_target[1:]])
                 for li, d in enumerate(per_target[0])
             ]
         details = base.compute(inputs, target, args, to_input, backward_rule)
-        comps: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in details]
         if self._uses_classes:
-            competitors = self._competitors(details[0].outputs, details[0].target)
-            for j in range(self.k):
-                dj = base.compute(inputs, competitors[:, j], args, to_input, backward_rule)
-                for li, d in enumerate(dj):
-                    comps[li].append((d.activations, d.weights))
-        return [(d.activations, d.weights, d.cam, c) for d, c in zip(details, comps)]
+            self._competitors(details[0].outputs, details[0].target)  # raises: no class index
+        if len(details) > 1 and len(base.layers) == 1:
+            raise ValueError("Conceptor-CAM needs a layer with one tensor output, not a tuple")
+        return [(d.activations, d.weights, d.cam, []) for d in details]
 
     def _fuse_all(
         self, gathered: List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]
@@ -482,7 +432,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         """Raw conceptor maps ``s = C m`` (before ReLU), one ``(N, 1, h, w)`` tensor per layer."""
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
-        rule = self.base._check_post_args("bilinear", None, backward_rule)
+        rule = self.base.check_options("bilinear", None, backward_rule)
         return self._fuse_all(self._gather(tup, args, target, attribute_to_layer_input, rule))
 
     @log_usage()
@@ -510,7 +460,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         def raw_maps(tup: Tuple[Tensor, ...], args: Any, target: TargetSpec, to_input: bool, rule: str) -> RawMaps:
             return {"cam": self._fuse_all(self._gather(tup, args, target, to_input, rule))}
 
-        return self.base._attribute_in_chunks(
+        return self.base.attribute_in_chunks(
             raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
             upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
         )["cam"]  # fmt: skip

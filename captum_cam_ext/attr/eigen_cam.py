@@ -7,14 +7,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext._engine import CamAttribution, GradientCamAttribution, spatial_dims
 from captum_cam_ext._linalg import eigh
 from captum_cam_ext.registry import register_method
 
 
 def first_component_weights(values: Tensor) -> Tensor:
-    """Channel weights ``(N, K, 1, 1)``: the first right singular vector of the centred
-    position-by-channel matrix of ``values`` ``(N, K, h, w)``, batched.
+    """Channel weights ``(N, K, 1, ...)``: the first right singular vector of the centred
+    position-by-channel matrix of ``values`` ``(N, K, *S)``, batched.
 
     Computed from the smaller of the two Gram matrices with one batched ``eigh`` in float64
     (``P x P`` when there are fewer positions ``P`` than channels ``K``, as at CNN heads), which
@@ -35,13 +35,13 @@ def first_component_weights(values: Tensor) -> Tensor:
     proj = torch.einsum("npk,nk->np", x, v)
     idx = proj.abs().argmax(dim=1, keepdim=True)
     sign = torch.sign(proj.gather(1, idx)).clamp_min(0) * 2 - 1
-    return (v * sign).to(values.dtype)[:, :, None, None]
+    return (v * sign).to(values.dtype).reshape(n, k, *([1] * (values.dim() - 2)))
 
 
 def _centred_sum(weighted: Tensor) -> Tensor:
     """``sum_k weighted_k(p)`` minus its spatial mean: the projection of centred data."""
     values = weighted.sum(dim=1, keepdim=True)
-    return values - values.mean(dim=(2, 3), keepdim=True)
+    return values - values.mean(dim=spatial_dims(values), keepdim=True)
 
 
 @register_method
@@ -64,7 +64,7 @@ class LayerEigenCam(CamAttribution):
 
 
 @register_method
-class LayerEigenGradCam(CamAttribution):
+class LayerEigenGradCam(GradientCamAttribution):
     r"""Eigen-Grad-CAM: the first principal component of gradients * activations.
 
     The weights are per position, :math:`W_k(p) = v_k\, \partial y^c/\partial A_k(p)`, so that

@@ -6,12 +6,12 @@ from typing import Optional
 
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext._engine import GradientCamAttribution, spatial_dims
 from captum_cam_ext.registry import register_method
 
 
 @register_method
-class LayerGradCam(CamAttribution):
+class LayerGradCam(GradientCamAttribution):
     r"""Grad-CAM, numerically identical to :class:`captum.attr.LayerGradCam`.
 
     Weights :math:`w_k = \frac{1}{hw}\sum_p \partial y^c / \partial A_k(p)`; the map is
@@ -28,4 +28,4 @@ class LayerGradCam(CamAttribution):
 
     def cam_weights(self, activations: Tensor, gradients: Optional[Tensor]) -> Tensor:
         assert gradients is not None
-        return gradients.mean(dim=(2, 3), keepdim=True)
+        return gradients.mean(dim=spatial_dims(activations), keepdim=True)

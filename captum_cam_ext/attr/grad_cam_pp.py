@@ -7,12 +7,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext._engine import GradientCamAttribution, spatial_dims
 from captum_cam_ext.registry import register_method
 
 
 @register_method
-class LayerGradCamPlusPlus(CamAttribution):
+class LayerGradCamPlusPlus(GradientCamAttribution):
     r"""Grad-CAM++: positive gradients weighted by the second/third-order coefficients.
 
     :math:`a_k(p) = g^2 / (2 g^2 + \sum_q A_k(q)\, g^3)` with :math:`g = \partial y^c/\partial A_k(p)`
@@ -26,7 +26,7 @@ class LayerGradCamPlusPlus(CamAttribution):
         assert gradients is not None
         g2 = gradients.pow(2)
         g3 = g2 * gradients
-        total = activations.sum(dim=(2, 3), keepdim=True)
+        total = activations.sum(dim=spatial_dims(activations), keepdim=True)
         alpha = g2 / (2 * g2 + total * g3 + self.eps)
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
-        return (alpha * gradients.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+        return (alpha * gradients.clamp(min=0)).sum(dim=spatial_dims(activations), keepdim=True)

@@ -6,12 +6,12 @@ from typing import Optional
 
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext._engine import GradientCamAttribution
 from captum_cam_ext.registry import register_method
 
 
 @register_method
-class LayerHiResCam(CamAttribution):
+class LayerHiResCam(GradientCamAttribution):
     r"""HiResCAM: per-position weights :math:`W_k(p) = \partial y^c/\partial A_k(p)`.
 
     The map :math:`\sum_k W_k(p) A_k(p)` is exactly zero where the output does not depend on the

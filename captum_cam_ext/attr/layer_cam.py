@@ -6,12 +6,12 @@ from typing import Optional
 
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext._engine import GradientCamAttribution
 from captum_cam_ext.registry import register_method
 
 
 @register_method
-class LayerCam(CamAttribution):
+class LayerCam(GradientCamAttribution):
     r"""LayerCAM: per-position weights :math:`W_k(p) = \mathrm{ReLU}(\partial y^c/\partial A_k(p))`."""
 
     name = "layercam"

@@ -2,50 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
-from captum._utils.common import _format_additional_forward_args
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution, LayerSpec, TargetSpec, TensorOrTuple, format_inputs
-from captum_cam_ext.attr.eigen_cam import LayerEigenCam, LayerEigenGradCam
-from captum_cam_ext.attr.grad_cam import LayerGradCam
-from captum_cam_ext.attr.grad_cam_pp import LayerGradCamPlusPlus
-from captum_cam_ext.attr.hires_cam import LayerHiResCam
-from captum_cam_ext.attr.layer_cam import LayerCam
-from captum_cam_ext.attr.xgrad_cam import LayerXGradCam
-
-#: Methods that :class:`MultiCam` can share one pass between, by name.
-MULTI_CAM_METHODS: Dict[str, Type[CamAttribution]] = {
-    cls.name: cls
-    for cls in (
-        LayerGradCam,
-        LayerGradCamPlusPlus,
-        LayerXGradCam,
-        LayerCam,
-        LayerHiResCam,
-        LayerEigenGradCam,
-        LayerEigenCam,
-    )
-}
+from captum_cam_ext._engine import (
+    CamAttribution,
+    GradientCamAttribution,
+    LayerSpec,
+    MapsOrTuple,
+    TargetSpec,
+    TensorOrTuple,
+)
+from captum_cam_ext.registry import canonical_method_name, method_class, method_kind, methods
 
 MethodSpec = Union[str, Type[CamAttribution]]
 
+#: The default set: the five classic gradient CAMs.
+DEFAULT_METHODS: Tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 
-class MultiCam(CamAttribution):
+
+class MultiCam(GradientCamAttribution):
     r"""Compute several gradient-based CAMs from a single forward and backward pass.
 
-    Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Eigen-Grad-CAM (and Eigen-CAM) differ
-    only in how they weight the same activations and gradients, so one pass serves them all.
+    Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Eigen-Grad-CAM, Eigen-CAM (and every
+    registered method of kind ``"shared_pass"``, see :func:`captum_cam_ext.methods`) differ only in
+    how they weight the same activations and gradients, so one pass serves them all.
 
     Parameters
     ----------
-    forward_func, layer, reshape_transform, trim_graph :
+    forward_func, layer, device_ids, reshape_transform, trim_graph, layer_call :
         As in :class:`~captum_cam_ext.CamAttribution`.
     methods : sequence of str or CAM classes
-        Names (``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"layercam"``, ``"hirescam"``,
-        ``"eigengradcam"``, ``"eigencam"``) or the classes themselves.
+        Registered names (``captum_cam_ext.methods("shared_pass")``: ``"gradcam"``,
+        ``"gradcam++"``, ``"xgradcam"``, ``"layercam"``, ``"hirescam"``, ``"eigengradcam"``,
+        ``"eigencam"``, ...) or the classes themselves.
 
     Examples
     --------
@@ -57,34 +49,37 @@ class MultiCam(CamAttribution):
 
     def __init__(
         self,
-        forward_func: Any,
+        forward_func: Callable,
         layer: LayerSpec,
-        methods: Sequence[MethodSpec] = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"),
-        reshape_transform: Any = None,
+        methods: Sequence[MethodSpec] = DEFAULT_METHODS,
+        device_ids: Optional[List[int]] = None,
+        reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
         trim_graph: bool = True,
+        layer_call: int = -1,
     ) -> None:
-        super().__init__(forward_func, layer, reshape_transform=reshape_transform, trim_graph=trim_graph)
+        super().__init__(forward_func, layer, device_ids, reshape_transform, trim_graph, layer_call)
         if isinstance(methods, str) or not len(methods):
             raise ValueError(f"methods must be a non-empty list of names or classes, got {methods!r}")
         self.methods: Dict[str, CamAttribution] = {}
         for m in methods:
-            if isinstance(m, str):
-                key = m.lower().replace("-", "").replace("_", "").replace("plusplus", "++")
-                if key not in MULTI_CAM_METHODS:
-                    raise ValueError(f"unknown CAM method {m!r}; choose from {sorted(MULTI_CAM_METHODS)}")
-                cls = MULTI_CAM_METHODS[key]
-            elif isinstance(m, type) and issubclass(m, CamAttribution):
-                cls = m
-                if cls.uses_perturbation or cls not in MULTI_CAM_METHODS.values():
-                    raise ValueError(
-                        f"{cls.__name__} cannot share a gradient pass; MultiCam takes "
-                        f"{sorted(c.__name__ for c in MULTI_CAM_METHODS.values())}"
-                    )
-            else:
-                raise TypeError(f"a method must be a name or a CAM class, got {type(m).__name__}")
-            if cls.name in self.methods:
-                raise ValueError(f"method {cls.name!r} is listed twice")
-            self.methods[cls.name] = cls(forward_func, self.layers, reshape_transform=reshape_transform)
+            cls = self._method_class(m)
+            key = canonical_method_name(cls) if cls in _registered() else cls.name
+            if key in self.methods:
+                raise ValueError(f"method {key!r} is listed twice")
+            self.methods[key] = cls(forward_func, self.layers, reshape_transform=reshape_transform)
+
+    @staticmethod
+    def _method_class(m: MethodSpec) -> Type[CamAttribution]:
+        shared = sorted(_shared_pass())
+        if isinstance(m, str):
+            cls = method_class(m)
+        elif isinstance(m, type) and issubclass(m, CamAttribution):
+            cls = m
+        else:
+            raise TypeError(f"a method must be a name or a CAM class, got {type(m).__name__}")
+        if not (isinstance(cls, type) and issubclass(cls, CamAttribution)) or method_kind(cls) != "shared_pass":
+            raise ValueError(f"{cls.__name__} cannot share a gradient pass; MultiCam takes {', '.join(shared)}")
+        return cls
 
     def compute_all(
         self,
@@ -94,19 +89,24 @@ class MultiCam(CamAttribution):
         attribute_to_layer_input: bool = False,
         backward_rule: Optional[str] = None,
     ) -> Dict[str, List[Tensor]]:
-        """The raw fused maps ``{name: [ (N,1,h,w) per layer ]}`` from one pass."""
-        tup = format_inputs(inputs)
-        args = _format_additional_forward_args(additional_forward_args)
-        rule = self._check_post_args("bilinear", None, backward_rule)
-        self._check_inputs_match_model(tup)
-        return self._maps(tup, args, target, attribute_to_layer_input, rule)
+        """The raw fused maps ``{name: [ (N,1,*S) per layer ]}`` from one pass."""
+        record = self.record(
+            inputs, [target], additional_forward_args, attribute_to_layer_input, backward_rule, with_gradients=True
+        )
+        return self._maps_of(record)
+
+    def _maps_of(self, record: Any) -> Dict[str, List[Tensor]]:
+        out: Dict[str, List[Tensor]] = {}
+        for name, m in self.methods.items():
+            maps = []
+            for u, (a, g) in enumerate(zip(record.activations, record.gradients[0])):
+                cam = m.fuse(a, m.cam_weights(a, g))
+                maps.append(cam.reshape(cam.shape[0], 1) if record.flat[u] else cam)
+            out[name] = maps
+        return out
 
     def _maps(self, tup: Any, args: Any, target: TargetSpec, to_input: bool, rule: str) -> Dict[str, List[Tensor]]:
-        acts, grads, _ = self._record(tup, args, target, to_input, with_gradients=True, backward_rule=rule)
-        assert grads is not None
-        a = [self._to_maps(x, lay).float() for x, lay in zip(acts, self.layers)]
-        g = [self._to_maps(x, lay).float() for x, lay in zip(grads, self.layers)]
-        return {name: [m.fuse(ai, m.cam_weights(ai, gi)) for ai, gi in zip(a, g)] for name, m in self.methods.items()}
+        return self._maps_of(self._record(tup, args, [target], to_input, rule, with_gradients=True))
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -121,9 +121,17 @@ class MultiCam(CamAttribution):
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
         backward_rule: Optional[str] = None,
-    ) -> Dict[str, Tensor]:  # type: ignore[override]
+    ) -> Dict[str, MapsOrTuple]:  # type: ignore[override]
         """Same arguments as :meth:`CamAttribution.attribute`; returns ``{name: maps}``."""
-        return self._attribute_in_chunks(
+        return self.attribute_in_chunks(
             self._maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
             upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
         )  # fmt: skip
+
+
+def _registered() -> List[type]:
+    return list(methods().values())
+
+
+def _shared_pass() -> Dict[str, type]:
+    return methods("shared_pass")

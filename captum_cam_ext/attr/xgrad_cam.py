@@ -6,12 +6,12 @@ from typing import Optional
 
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution
+from captum_cam_ext._engine import GradientCamAttribution, spatial_dims
 from captum_cam_ext.registry import register_method
 
 
 @register_method
-class LayerXGradCam(CamAttribution):
+class LayerXGradCam(GradientCamAttribution):
     r"""XGrad-CAM: :math:`w_k = \sum_p \frac{A_k(p)}{\sum_q A_k(q)}\, \partial y^c / \partial A_k(p)`."""
 
     name = "xgradcam"
@@ -19,5 +19,5 @@ class LayerXGradCam(CamAttribution):
 
     def cam_weights(self, activations: Tensor, gradients: Optional[Tensor]) -> Tensor:
         assert gradients is not None
-        total = activations.sum(dim=(2, 3), keepdim=True)
-        return (gradients * activations / (total + self.eps)).sum(dim=(2, 3), keepdim=True)
+        total = activations.sum(dim=spatial_dims(activations), keepdim=True)
+        return (gradients * activations / (total + self.eps)).sum(dim=spatial_dims(activations), keepdim=True)
