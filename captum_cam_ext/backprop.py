@@ -46,6 +46,7 @@ __all__ = [
     "find_relus",
     "guided_relus",
     "switchable_relus",
+    "check_batch",
     "input_gradients",
     "per_example_cosine",
 ]
@@ -262,7 +263,8 @@ def per_example_cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     return dot / norms.clamp_min(eps)
 
 
-def _check_batch(inputs: Tensor, targets: Tensor) -> None:
+def check_batch(inputs: Tensor, targets: Tensor) -> None:
+    """Raise unless ``inputs`` is a floating ``(N, ...)`` batch and ``targets`` its ``(N,)`` class indices."""
     if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
         raise TypeError("inputs and targets must be tensors")
     if not inputs.is_floating_point():
@@ -310,7 +312,7 @@ def input_gradients(
     guided : Tensor
         ``(N, ...)`` the same with the guided rule at every ReLU.
     """
-    _check_batch(inputs, targets)
+    check_batch(inputs, targets)
     x = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
         with switchable_relus(model) as rule:

@@ -344,3 +344,90 @@ def test_torchrun_two_cpu_processes_hold_the_same_weights(tmp_path: Path) -> Non
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     assert any(not torch.equal(r0["state"][k], r0["init"][k]) for k in r0["init"])
     assert r0["hist"] == r1["hist"]  # logged numbers are all-reduced
+
+
+def _bn_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4, affine=False),
+        nn.ReLU6(),
+        nn.Dropout(0.0),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
+
+
+def test_bn_mode_eval_regularizer_uses_running_statistics_and_ce_batch_statistics() -> None:
+    """bn_mode="eval": reg and its parameter gradient are those of the eval-mode model; CE and the
+    running-statistics update are those of one train-mode forward; all modes are restored."""
+    torch.manual_seed(7)
+    model = _bn_net().train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(8, 1, 6, 6, dtype=torch.float64) * 2 + 1)
+    x = torch.randn(5, 1, 6, 6, dtype=torch.float64) * 3
+    y = torch.tensor([0, 1, 2, 1, 0])
+    ref_train = copy.deepcopy(model).train()
+    ref_ce = F.cross_entropy(ref_train(x), y)  # one train-mode forward: updates running stats
+    ref_eval = copy.deepcopy(ref_train).eval()  # the regularizer sees the updated statistics
+    loss = InterpretableGradientLoss(model, lam=0.5, bn_mode="eval", detach_guided=True)
+    terms = loss(x, y)
+    params = list(model.parameters())
+    g_reg = torch.autograd.grad(terms.reg, params, retain_graph=True)
+    # reference: native eval-mode BatchNorm (no affine rerouting), same formula
+    _, s, gd = input_gradients(ref_eval, x, y, create_graph=True)
+    ref_reg = gradient_error(s, gd).mean()
+    torch.testing.assert_close(terms.reg, ref_reg, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_reg, torch.autograd.grad(ref_reg, list(ref_eval.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(terms.ce, ref_ce)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ref_train.state_dict()[k], rtol=0, atol=0)
+    assert all(m.training for m in model.modules()) and _n_hooks(model) == 0
+    # train mode differs (batch statistics) on the same batch
+    other = InterpretableGradientLoss(copy.deepcopy(ref_train), lam=0.5)(x, y)
+    assert abs(float(other.reg.detach()) - float(terms.reg.detach())) > 1e-6
+
+
+def test_bn_mode_eval_on_eval_model_is_one_pass_and_reduction_sum_is_lam_times_n() -> None:
+    torch.manual_seed(8)
+    model = _bn_net().eval()
+    x, y = torch.randn(4, 1, 6, 6, dtype=torch.float64), torch.tensor([0, 2, 1, 1])
+    params = list(model.parameters())
+    a = InterpretableGradientLoss(model, lam=0.3, bn_mode="eval")(x, y)
+    b = InterpretableGradientLoss(model, lam=0.3, bn_mode="train")(x, y)
+    torch.testing.assert_close(a.reg, b.reg)
+    assert not any(m.training for m in model.modules())
+    mean = InterpretableGradientLoss(model, lam=0.3 * 4, reduction="mean")(x, y)
+    summed = InterpretableGradientLoss(model, lam=0.3, reduction="sum")(x, y)
+    torch.testing.assert_close(summed.reg, 4 * mean.reg)
+    for u, v in zip(torch.autograd.grad(mean.total, params), torch.autograd.grad(summed.total, params)):
+        torch.testing.assert_close(u, v)
+    with pytest.raises(ValueError, match="bn_mode"):
+        InterpretableGradientLoss(model, bn_mode="frozen")
+    with pytest.raises(ValueError, match="reduction"):
+        InterpretableGradientLoss(model, reduction="none")
+
+
+def test_batchnorm_eval_restores_modes_on_exception_and_matches_native() -> None:
+    from captum_cam_ext.training.loss import batchnorm_eval
+
+    torch.manual_seed(9)
+    model = _bn_net().train()
+    model[4].eval()  # a module already in eval mode stays so
+    x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        model(x)
+    native = copy.deepcopy(model).eval()
+    with batchnorm_eval(model) as switched:
+        assert switched == [model[1]] and model[6].training
+        torch.testing.assert_close(model(x), native(x))
+    assert model[1].training and not model[4].training and _n_hooks(model) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with batchnorm_eval(model):
+            raise RuntimeError("boom")
+    assert model[1].training and not model[4].training and _n_hooks(model) == 0

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from captum_cam_ext._distributed import DistributedContext, distributed_env, process_group
-from captum_cam_ext.training.loss import ERRORS, InterpretableGradientLoss
+from captum_cam_ext.training.loss import BN_MODES, ERRORS, REDUCTIONS, InterpretableGradientLoss
 
 __all__ = ["train", "evaluate", "distributed_env"]
 
@@ -80,6 +80,10 @@ def train(
     track_alignment: bool = True,
     progress: bool = True,
     seed: int = 0,
+    bn_mode: str = "train",
+    reduction: str = "mean",
+    scheduler: Optional[Any] = None,
+    input_transform: Optional[Any] = None,
 ) -> List[Dict[str, float]]:
     """Train ``model`` with ``CE + lam * L_R`` (or plain CE) and log both terms.
 
@@ -113,6 +117,16 @@ def train(
         Show a tqdm progress bar (rank 0 only).
     seed : int
         Seed of the ``DistributedSampler`` shuffling (distributed runs only).
+    bn_mode : str
+        BatchNorm statistics for the regularizer's input gradients, ``"train"`` or ``"eval"``
+        (see :class:`~captum_cam_ext.training.loss.InterpretableGradientLoss`).
+    reduction : str
+        ``"mean"`` or ``"sum"`` of the per-example errors over the batch.
+    scheduler : torch.optim.lr_scheduler.LRScheduler, optional
+        Stepped after every optimizer step (e.g. ``OneCycleLR``).
+    input_transform : callable, optional
+        Applied to each input batch on the device before the step (e.g. data augmentation,
+        ``Tensor (N, ...) -> Tensor (N, ...)``).
 
     Returns
     -------
@@ -134,6 +148,12 @@ def train(
         raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
     if not float(lam) >= 0.0:
         raise ValueError(f"lam must be >= 0, got {lam}")
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if input_transform is not None and not callable(input_transform):
+        raise TypeError(f"input_transform must be callable, got {type(input_transform).__name__}")
 
     with process_group(device, default_device="cuda" if torch.cuda.is_available() else "cpu") as ctx:
         model.to(ctx.device)
@@ -147,9 +167,17 @@ def train(
             net = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
             loader = _shard_loader(loader, ctx.world_size, ctx.rank, seed)
         try:
+            loss_fn = (
+                InterpretableGradientLoss(
+                    net, lam=float(lam), error=error, detach_guided=detach_guided,
+                    bn_mode=bn_mode, reduction=reduction,
+                )  # fmt: skip
+                if float(lam) > 0.0 or track_alignment
+                else None
+            )
             history = _run_epochs(
-                net, loader, optimizer, ctx, int(epochs), float(lam), error, detach_guided,
-                max_steps, track_alignment, progress,
+                net, loader, optimizer, ctx, int(epochs), loss_fn, max_steps, progress,
+                scheduler, input_transform,
             )  # fmt: skip
         finally:
             del net  # the DDP wrapper holds the process group: release it before the group goes
@@ -165,18 +193,14 @@ def _run_epochs(
     optimizer: torch.optim.Optimizer,
     ctx: DistributedContext,
     epochs: int,
-    lam: float,
-    error: str,
-    detach_guided: bool,
+    reg_loss: Optional[InterpretableGradientLoss],
     max_steps: Optional[int],
-    track_alignment: bool,
     progress: bool,
+    scheduler: Optional[Any],
+    input_transform: Optional[Any],
 ) -> List[Dict[str, float]]:
     dev = ctx.device
-    use_reg_loss = lam > 0.0 or track_alignment
-    reg_loss = (
-        InterpretableGradientLoss(net, lam=lam, error=error, detach_guided=detach_guided) if use_reg_loss else None
-    )
+    lam = reg_loss.lam if reg_loss is not None else 0.0
     history: List[Dict[str, float]] = []
     steps = 0
     for epoch in range(epochs):
@@ -188,6 +212,8 @@ def _run_epochs(
         bar = _progress(loader, progress and ctx.rank == 0, f"epoch {epoch + 1}/{epochs} lam={lam:g}")
         for batch in bar:
             inputs, targets = batch[0].to(dev), batch[1].to(dev)
+            if input_transform is not None:
+                inputs = input_transform(inputs)
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             if reg_loss is not None:
@@ -201,6 +227,8 @@ def _run_epochs(
                 cos = math.nan
             total.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             dt = time.perf_counter() - t0
             acc = float((logits.argmax(1) == targets).float().mean())  # type: ignore[union-attr]
             for k, v in (("ce", ce), ("reg", reg), ("total", total)):
