@@ -322,3 +322,193 @@ def test_hidden_head_networks(method):
         assert res.leak_mean == 0.0
     else:
         assert res.leak_mean > 0
+
+
+# ------------------------------------------------ max-pooled head (the authors' notebook model)
+
+
+@st.composite
+def pooled_configs(draw):
+    c = draw(st.integers(1, 2))
+    k = draw(st.integers(1, 3))
+    s = draw(st.integers(2, 3))
+    h = draw(st.integers(k - 1 + s, 10))
+    w = draw(st.integers(k - 1 + s, 10))
+    hp = h - k + 1
+    v = draw(st.integers(1, 8))
+    vis = draw(st.integers(1, hp // s))
+    sw = draw(st.floats(0.3, 2.0))
+    sth = draw(st.floats(0.3, 2.0))
+    bias = draw(st.booleans())
+    seed = draw(st.integers(0, 10_000))
+    x = torch.randn(c, h, w, generator=torch.Generator().manual_seed(seed))
+    return dict(in_channels=c, height=h, width=w, kernel_size=k, n_filters=v, visible_rows=vis,
+                sigma_w=sw, sigma_theta=sth, bias=bias, pool_size=s), x, seed
+
+
+@FAST
+@given(cfg=pooled_configs())
+def test_max_pool_closed_form_matches_monte_carlo(cfg):
+    """alpha_v = (1/P) sum of the visible pooled cells' Theta: the Grad-CAM law with |S| pooled
+    cells and P conv positions (the map is on the conv grid)."""
+    kw, x, seed = cfg
+    an = GradCamAtInitAnalyzer(**kw)
+    res = an.monte_carlo(x, 8000, seed=seed, batch=4000)
+    hp, wp = an.feature_size
+    assert res.mean.shape == (hp, wp) and an.n_visible == kw["visible_rows"] * (wp // kw["pool_size"])
+    assert res.leak_z is not None and abs(res.leak_z) < 4
+    assert abs(res.extra["total_z"]) < 4
+    assert res.max_abs_z() is not None and res.max_abs_z() < 5
+    p = res.positive_probability
+    assert p is not None
+    se = (p * (1 - p) / res.n_samples).sqrt().clamp_min(1e-12)
+    assert float(((res.positive_rate - p).abs() / se).max()) < 5
+
+
+@FAST
+@given(cfg=pooled_configs(),
+       method=st.sampled_from(["LayerGradCam", "LayerXGradCam", "LayerHiResCam", "LayerCam"]))
+def test_max_pool_conditional_closed_forms_match_monte_carlo(cfg, method):
+    kw, x, seed = cfg
+    an = GradCamAtInitAnalyzer(**kw)
+    net = masked_cnn(kw["in_channels"], kw["height"], kw["width"], kw["kernel_size"],
+                     kw["n_filters"], kw["visible_rows"], bias=kw["bias"], sigma_w=kw["sigma_w"],
+                     pool_size=kw["pool_size"], generator=torch.Generator().manual_seed(seed + 1))
+    res = an.monte_carlo(x, 8000, seed=seed, method=getattr(cce, method), conv_weight=net,
+                         batch=4000)
+    assert res.leak_z is not None and abs(res.leak_z) < 4
+    assert abs(res.extra["total_z"]) < 4
+    assert res.max_abs_z() is not None and res.max_abs_z() < 5
+    if method in ("LayerHiResCam", "LayerCam"):  # 0 off the visible windows' argmax positions
+        assert res.leak_mean == 0.0
+        b = an.features(x, net)
+        off = an.gradient_support(b).sum(1)[0] == 0
+        assert torch.count_nonzero(res.mean[off]) == 0
+
+
+@FAST
+@given(cfg=st.one_of(configs(max_size=7), pooled_configs()), n_out=st.integers(2, 10))
+def test_predicted_class_conditional_law_matches_monte_carlo(cfg, n_out):
+    """target="argmax": given W the map is (sigma/P)(a M_K + r Z); checked against the package's
+    Grad-CAM on networks whose target is each network's own predicted class."""
+    kw, x, seed = cfg
+    an = GradCamAtInitAnalyzer(**kw)
+    net = masked_cnn(kw["in_channels"], kw["height"], kw["width"], kw["kernel_size"],
+                     kw["n_filters"], kw["visible_rows"], bias=kw["bias"], sigma_w=kw["sigma_w"],
+                     pool_size=kw.get("pool_size", 1),
+                     generator=torch.Generator().manual_seed(seed + 1))
+    res = an.monte_carlo(x, 8000, seed=seed, target="argmax", n_outputs=n_out, conv_weight=net,
+                         batch=4000)
+    assert res.extra["target"] == "argmax" and res.extra["n_outputs"] == n_out
+    assert res.leak_z is not None and abs(res.leak_z) < 4
+    assert abs(res.extra["total_z"]) < 4
+    assert res.max_abs_z() is not None and res.max_abs_z() < 5
+    p = res.positive_probability
+    assert p is not None
+    se = (p * (1 - p) / res.n_samples).sqrt().clamp_min(1e-3)
+    assert float(((res.positive_rate - p).abs() / se).max()) < 5
+
+
+def test_predicted_class_target_shifts_the_map_up():
+    """The winner's weights correlate with the visible features (all >= 0): the map is larger and
+    positive more often than with a fixed target, also behind the wall."""
+    an = GradCamAtInitAnalyzer(1, 10, 10, 3, 8, 4, sigma_w=0.7, sigma_theta=1.3)
+    x = torch.rand(1, 10, 10, generator=torch.Generator().manual_seed(0))
+    fixed = an.monte_carlo(x, 4000, seed=1)
+    top = an.monte_carlo(x, 4000, seed=1, target="argmax", n_outputs=10)
+    assert top.expected is None  # no closed form over W for the predicted class
+    m = an.masked_mask
+    assert fixed.leak_expected is not None
+    assert top.leak_mean - 4 * top.leak_stderr > 1.5 * fixed.leak_expected
+    assert float(top.positive_rate[m].mean()) > 0.7 > float(fixed.positive_rate[m].mean())
+    # one logit: the predicted class is logit 0, and the draws are the same
+    one = an.monte_carlo(x, 300, seed=3, target="argmax", n_outputs=1)
+    assert torch.equal(one.mean, an.monte_carlo(x, 300, seed=3).mean)
+
+
+def test_max_normal_quadrature_moments():
+    from captum_cam_ext.theory.closed_form import max_normal_quadrature
+
+    for n, mean in [(1, 0.0), (2, 1 / math.sqrt(math.pi)), (3, 1.5 / math.sqrt(math.pi))]:
+        m, w = max_normal_quadrature(n)
+        assert float((m * w).sum()) == pytest.approx(mean, abs=1e-10)
+    m, w = max_normal_quadrature(1)
+    assert float((m * m * w).sum()) == pytest.approx(1.0, abs=1e-8)
+
+
+@FAST
+@given(cfg=pooled_configs(), hidden=st.sampled_from([None, 4]))
+def test_pooled_model_is_blind_below_its_band(cfg, hidden):
+    kw, x, seed = cfg
+    s, k, r = kw["pool_size"], kw["kernel_size"], kw["visible_rows"]
+    g = torch.Generator().manual_seed(seed)
+    net = masked_cnn(kw["in_channels"], kw["height"], kw["width"], k, kw["n_filters"], r,
+                     bias=kw["bias"], hidden=hidden, pool_size=s, generator=g, n_outputs=3)
+    first_unseen = s * r + k - 1
+    if first_unseen >= kw["height"]:
+        return
+    x2 = x[None].clone()
+    x2[:, :, first_unseen:] = 100 * torch.randn(x2[:, :, first_unseen:].shape, generator=g)
+    assert torch.equal(net(x[None]), net(x2))
+    xr = x2.clone().requires_grad_(True)
+    net(xr).sum().backward()
+    assert xr.grad is not None and torch.count_nonzero(xr.grad[:, :, first_unseen:]) == 0
+    an = GradCamAtInitAnalyzer(**kw)
+    assert int(an.masked_mask[:, 0].sum()) == an.feature_size[0] - s * r
+
+
+def test_the_notebook_model_sees_only_the_top_rows():
+    """The authors' MNIST notebook: 1x29x29 input, Conv2d(1, 256, 2) -> ReLU -> MaxPool2d(2) ->
+    Linear on the first 7 of 14 pooled rows: input rows 15..28 are invisible."""
+    net = masked_cnn(1, 29, 29, 2, 256, 7, pool_size=2, n_outputs=10,
+                     generator=torch.Generator().manual_seed(0))
+    assert net.head_grid == (14, 14) and net.theta is not None
+    assert tuple(net.theta.shape) == (10, 256, 7, 14)
+    x = torch.rand(2, 1, 29, 29)
+    x2 = x.clone()
+    x2[:, :, 15:] = torch.rand(2, 1, 14, 29)
+    assert torch.equal(net(x), net(x2))
+    x3 = x.clone()
+    x3[:, :, 14] += 1.0  # row 14 is read by the last visible window
+    assert not torch.equal(net(x), net(x3))
+    an = GradCamAtInitAnalyzer(1, 29, 29, 2, 256, 7, pool_size=2)
+    assert an.n_visible == 7 * 14 and an.n_positions == 28 * 28
+    assert an.expected_map(x[0]).shape == (1, 1, 28, 28)
+
+
+@pytest.mark.parametrize("method", ["LayerGradCam", "LayerHiResCam", "LayerScoreCam"])
+def test_batched_pooled_networks_equal_single_networks(method):
+    an = GradCamAtInitAnalyzer(1, 9, 8, 2, 3, 2, sigma_w=0.8, sigma_theta=1.1, pool_size=2)
+    x = torch.randn(1, 1, 9, 8, generator=torch.Generator().manual_seed(3))
+    batched = an.sample_networks(3, torch.Generator().manual_seed(4), n_outputs=2)
+    cls = getattr(cce, method)
+    got = cls(batched, batched.features).attribute(
+        x.expand(3, -1, -1, -1).contiguous(), target=1, relu_attributions=True,
+        additional_forward_args=(torch.arange(3),))
+    for i in range(3):
+        net = masked_cnn(1, 9, 8, 2, 3, 2, pool_size=2, n_outputs=2)
+        with torch.no_grad():
+            net.conv.weight.copy_(batched.conv_weight[i])
+            net.theta.copy_(batched.theta[i])
+        want = cls(net, net.features).attribute(x, target=1, relu_attributions=True)
+        torch.testing.assert_close(got[i : i + 1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_pool_and_target_errors():
+    an = GradCamAtInitAnalyzer(1, 9, 9, 2, 4, 2, pool_size=2)
+    x = torch.rand(1, 9, 9)
+    with pytest.raises(ValueError, match="pool_size=2"):
+        an.expected_map(x, "hirescam")
+    with pytest.raises(ValueError, match=r"visible_rows must be an int in \[0, 4\].*pooled"):
+        GradCamAtInitAnalyzer(1, 9, 9, 2, 4, 5, pool_size=2)
+    with pytest.raises(ValueError, match="pool_size=9 does not fit"):
+        GradCamAtInitAnalyzer(1, 9, 9, 2, 4, 0, pool_size=9)
+    with pytest.raises(ValueError, match="target=3 is not one of the n_outputs=2"):
+        an.monte_carlo(x, 10, target=3, n_outputs=2)
+    with pytest.raises(ValueError, match="'argmax'"):
+        an.monte_carlo(x, 10, target="top")
+    net = masked_cnn(1, 9, 9, 2, 4, 2, pool_size=2)
+    with pytest.raises(ValueError, match="gradcam' only"):
+        an.conditional_expected_map(x, net, "xgradcam", target="argmax", n_outputs=3)
+    with pytest.raises(ValueError, match=r"pool_size\) = \(1, 9, 9, 2, 1\)"):
+        an.check_model(masked_cnn(1, 9, 9, 2, 4, 2))

@@ -42,11 +42,16 @@ class GradCamAtInitAnalyzer(MaskedCnnClosedForm):
         Initialization standard deviations.
     bias : bool
         Whether the convolution has a bias (drawn ``N(0, sigma_w^2)``).
+    pool_size : int
+        ``s``: the authors' model, conv -> ReLU -> ``s x s`` max-pool -> masked dense.
+        ``visible_rows`` then counts rows of the pooled grid, and ``expected_map`` (and every map)
+        is on the conv grid.
 
     Notes
     -----
     The closed forms (``expected_map``, ``positive_probability``, ``expected_leak``,
-    ``conditional_expected_map``) are documented in :mod:`captum_cam_ext.theory.closed_form`.
+    ``conditional_expected_map``, ``conditional_positive_probability``) are documented in
+    :mod:`captum_cam_ext.theory.closed_form`.
 
     Examples
     --------
@@ -54,6 +59,9 @@ class GradCamAtInitAnalyzer(MaskedCnnClosedForm):
     >>> x = torch.ones(1, 8, 8)
     >>> an.expected_map(x).shape
     torch.Size([1, 1, 6, 6])
+    >>> pooled = GradCamAtInitAnalyzer(1, 9, 9, 2, 6, 2, pool_size=2)  # 8x8 conv grid, 4x4 pooled
+    >>> pooled.expected_map(torch.ones(1, 9, 9)).shape
+    torch.Size([1, 1, 8, 8])
     """
 
     def sample_networks(
@@ -85,6 +93,8 @@ class GradCamAtInitAnalyzer(MaskedCnnClosedForm):
         attribute_kwargs: Optional[Dict[str, Any]] = None,
         conv_weight: Optional[Union[Tensor, nn.Module]] = None,
         hidden: Optional[int] = None,
+        target: Union[int, str] = 0,
+        n_outputs: Optional[int] = None,
     ) -> MonteCarloResult:
         """Run a CAM class of this package on ``n_samples`` networks sampled at initialization.
 
@@ -104,7 +114,7 @@ class GradCamAtInitAnalyzer(MaskedCnnClosedForm):
         method : CAM class, optional
             ``LayerGradCam`` (default) or any other CAM class of the package
             (constructor ``method(forward_func, layer, **cam_kwargs)``).  Always called with
-            ``target=0`` and ``relu_attributions=True``.
+            ``relu_attributions=True``.
         batch : int
             Networks per chunk.
         cam_kwargs, attribute_kwargs : dict, optional
@@ -116,10 +126,18 @@ class GradCamAtInitAnalyzer(MaskedCnnClosedForm):
         hidden : int, optional
             Sample networks with a hidden dense layer (see :meth:`sample_networks`).  No closed
             form then (``expected``/``z`` are None); the wall still holds exactly.
+        target : int or ``"argmax"``
+            The logit explained: a fixed index (default 0; the closed forms hold for any fixed
+            index), or ``"argmax"``, each sampled network's predicted class (what the authors'
+            code explains).  With ``"argmax"`` only the Grad-CAM law given a fixed convolution
+            is known (``conv_weight=``); otherwise ``expected`` is None.
+        n_outputs : int, optional
+            Number of logits of the sampled networks (default 1, and 10 with
+            ``target="argmax"``, as the authors' MNIST model).
 
         Returns
         -------
         MonteCarloResult
         """
         return run_monte_carlo(self, x, n_samples, seed, method, batch, cam_kwargs,
-                               attribute_kwargs, conv_weight, hidden)
+                               attribute_kwargs, conv_weight, hidden, target, n_outputs)

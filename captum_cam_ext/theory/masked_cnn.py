@@ -11,6 +11,12 @@ where ``S`` is the set of the top ``visible_rows`` rows of the ``H' x W'`` featu
 them, so the output is exactly (bit for bit) independent of the masked feature rows and of every
 input pixel outside the receptive fields of ``S``.
 
+With ``pool_size=s > 1`` (the model of the authors' MNIST notebook: conv -> ReLU -> s x s
+max-pool -> masked dense) the head reads the top ``visible_rows`` rows of the *pooled* grid
+``(H' // s) x (W' // s)``: ``y = sum_v sum_{c in S} Theta_{v,c} max_{p in window(c)} B_v(p)``.
+The CAM layer is still the ReLU before the pool (its map is on the conv grid); the input rows the
+output cannot see are ``>= s * visible_rows + k - 1``.
+
 At initialization all weights are i.i.d. Gaussian: ``W ~ N(0, sigma_w^2)``, ``b ~ N(0, sigma_w^2)``
 (when ``bias=True``; a bias is an extra input channel that is constantly one) and
 ``Theta ~ N(0, sigma_theta^2)``.
@@ -55,6 +61,7 @@ def check_config(
     visible_rows: int,
     sigma_w: float = 1.0,
     sigma_theta: float = 1.0,
+    pool_size: int = 1,
 ) -> Tuple[int, int]:
     """Validate a masked-CNN configuration and return its feature grid ``(H', W')``.
 
@@ -63,9 +70,11 @@ def check_config(
     in_channels, height, width, kernel_size, n_filters : int
         Positive ints (see :class:`MaskedCNN`).
     visible_rows : int
-        In ``[0, H']``.
+        In ``[0, H' // pool_size]`` (rows of the pooled grid; of the conv grid without pooling).
     sigma_w, sigma_theta : float
         Initialization standard deviations, both ``> 0``.
+    pool_size : int
+        Max-pool window and stride ``s >= 1`` (1: no pooling); the pooled grid must not be empty.
 
     Returns
     -------
@@ -83,13 +92,21 @@ def check_config(
         ("width", width),
         ("kernel_size", kernel_size),
         ("n_filters", n_filters),
+        ("pool_size", pool_size),
     ]:
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"{name} must be a positive int, got {val!r}.")
     hp, wp = feature_grid(height, width, kernel_size)
-    if not isinstance(visible_rows, int) or not 0 <= visible_rows <= hp:
+    if hp // pool_size < 1 or wp // pool_size < 1:
         raise ValueError(
-            f"visible_rows must be an int in [0, {hp}] (the feature grid has {hp} rows for a "
+            f"pool_size={pool_size} does not fit the {hp}x{wp} feature grid of a {height}x{width} "
+            f"input and kernel {kernel_size}: use a pool no larger than the feature grid."
+        )
+    rows = hp // pool_size
+    if not isinstance(visible_rows, int) or not 0 <= visible_rows <= rows:
+        grid = "feature grid" if pool_size == 1 else f"{pool_size}x{pool_size}-pooled feature grid"
+        raise ValueError(
+            f"visible_rows must be an int in [0, {rows}] (the {grid} has {rows} rows for a "
             f"{height}x{width} input and kernel {kernel_size}), got {visible_rows!r}."
         )
     if not (sigma_w > 0 and sigma_theta > 0):
@@ -112,7 +129,8 @@ class MaskedCNN(nn.Module):
     n_filters : int
         Number of filters ``V``.
     visible_rows : int
-        Number of top feature rows the head reads (``|S| = visible_rows * W'``).
+        Number of top feature rows the head reads (``|S| = visible_rows * W'``); rows of the
+        pooled grid with ``pool_size > 1`` (``|S| = visible_rows * (W' // s)``).
     bias : bool
         Whether the convolution has a bias.
     hidden : int or None
@@ -120,12 +138,15 @@ class MaskedCNN(nn.Module):
         n_outputs)``; otherwise a single linear map ``Theta`` (the theory's model).
     n_outputs : int
         Number of logits; the output has shape ``(N, n_outputs)``.
+    pool_size : int
+        ``s``: an ``s x s`` max-pool (stride ``s``) between the CAM layer and the head (1: none).
 
     Notes
     -----
     Attributes: ``conv`` (``nn.Conv2d``), ``features`` (``nn.ReLU``, the CAM layer, output
-    ``(N, V, H', W')``), ``theta`` (``(n_outputs, V, visible_rows, W')``, linear head only) or
-    ``head`` (``nn.Sequential``, hidden head).
+    ``(N, V, H', W')``), ``pool`` (``nn.MaxPool2d`` or ``nn.Identity``), ``theta``
+    (``(n_outputs, V, visible_rows, W' // s)``, linear head only) or ``head`` (``nn.Sequential``,
+    hidden head); ``head_grid`` = ``(H' // s, W' // s)``, the grid the head reads.
     """
 
     def __init__(
@@ -139,10 +160,11 @@ class MaskedCNN(nn.Module):
         bias: bool = False,
         hidden: Optional[int] = None,
         n_outputs: int = 1,
+        pool_size: int = 1,
     ) -> None:
         super().__init__()
         hp, wp = check_config(
-            in_channels, height, width, kernel_size, n_filters, visible_rows, 1.0, 1.0
+            in_channels, height, width, kernel_size, n_filters, visible_rows, 1.0, 1.0, pool_size
         )
         if not isinstance(n_outputs, int) or n_outputs < 1:
             raise ValueError(f"n_outputs must be a positive int, got {n_outputs!r}.")
@@ -151,14 +173,18 @@ class MaskedCNN(nn.Module):
         self.in_channels, self.height, self.width = in_channels, height, width
         self.kernel_size, self.n_filters, self.visible_rows = kernel_size, n_filters, visible_rows
         self.feature_size = (hp, wp)
+        self.pool_size = pool_size
+        self.head_grid = (hp // pool_size, wp // pool_size)
+        wh = self.head_grid[1]
         self.conv = nn.Conv2d(in_channels, n_filters, kernel_size, bias=bias)
         self.features = nn.ReLU()
+        self.pool: nn.Module = nn.MaxPool2d(pool_size) if pool_size > 1 else nn.Identity()
         self.hidden = hidden
-        n_in = n_filters * visible_rows * wp
+        n_in = n_filters * visible_rows * wh
         self.theta: Optional[nn.Parameter]
         self.head: Optional[nn.Sequential]
         if hidden is None:
-            self.theta = nn.Parameter(torch.zeros(n_outputs, n_filters, visible_rows, wp))
+            self.theta = nn.Parameter(torch.zeros(n_outputs, n_filters, visible_rows, wh))
             self.head = None
         else:
             self.theta = None
@@ -173,7 +199,7 @@ class MaskedCNN(nn.Module):
                 f"MaskedCNN expects inputs of shape (N, {self.in_channels}, {self.height}, "
                 f"{self.width}), got {tuple(x.shape)}."
             )
-        b = self.features(self.conv(x))
+        b = self.pool(self.features(self.conv(x)))
         visible = b[:, :, : self.visible_rows, :]
         if self.head is None:
             assert self.theta is not None
@@ -194,12 +220,14 @@ def masked_cnn(
     sigma_theta: float = 1.0,
     generator: Optional[torch.Generator] = None,
     n_outputs: int = 1,
+    pool_size: int = 1,
 ) -> MaskedCNN:
     """Build a :class:`MaskedCNN` at the theory's Gaussian initialization.
 
     Parameters
     ----------
-    in_channels, height, width, kernel_size, n_filters, visible_rows, bias, hidden, n_outputs
+    in_channels, height, width, kernel_size, n_filters, visible_rows, bias, hidden, n_outputs,
+    pool_size
         See :class:`MaskedCNN`.
     sigma_w : float
         Standard deviation of the convolution weights (and bias).
@@ -220,10 +248,12 @@ def masked_cnn(
     torch.Size([2, 1])
     """
     check_config(
-        in_channels, height, width, kernel_size, n_filters, visible_rows, sigma_w, sigma_theta
+        in_channels, height, width, kernel_size, n_filters, visible_rows, sigma_w, sigma_theta,
+        pool_size,
     )
     net = MaskedCNN(
-        in_channels, height, width, kernel_size, n_filters, visible_rows, bias, hidden, n_outputs
+        in_channels, height, width, kernel_size, n_filters, visible_rows, bias, hidden, n_outputs,
+        pool_size,
     )
     with torch.no_grad():
         net.conv.weight.copy_(torch.randn(net.conv.weight.shape, generator=generator) * sigma_w)
@@ -249,7 +279,7 @@ class BatchedMaskedCNN(nn.Module):
     conv_weight : Tensor
         ``(B, V, C, k, k)``.
     theta : Tensor
-        ``(B, n_outputs, V, visible_rows, W')``.
+        ``(B, n_outputs, V, visible_rows, W' // s)``.
     height, width : int
         Input size.
     conv_bias : Tensor, optional
@@ -258,6 +288,9 @@ class BatchedMaskedCNN(nn.Module):
         ``(B, n_outputs, hidden)``: a hidden head.  ``theta`` is then the first layer,
         ``(B, hidden, V, r, W')``, and the output is ``head_out @ ReLU(theta . B)`` (biases 0, as in
         :func:`masked_cnn` with ``hidden=``).
+    pool_size : int
+        ``s``: an ``s x s`` max-pool between the CAM layer and the head (1: none), as
+        ``masked_cnn(..., pool_size=s)``.
 
     Notes
     -----
@@ -277,8 +310,11 @@ class BatchedMaskedCNN(nn.Module):
         width: int,
         conv_bias: Optional[Tensor] = None,
         head_out: Optional[Tensor] = None,
+        pool_size: int = 1,
     ) -> None:
         super().__init__()
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be a positive int, got {pool_size!r}.")
         if conv_weight.dim() != 5 or theta.dim() != 5 or theta.shape[0] != conv_weight.shape[0]:
             raise ValueError(
                 "conv_weight must be (B, V, C, k, k) and theta (B, n_outputs, V, r, W'), got "
@@ -286,15 +322,18 @@ class BatchedMaskedCNN(nn.Module):
             )
         nb, v, c, k, _ = conv_weight.shape
         hp, wp = feature_grid(height, width, k)
-        if theta.shape[2] != v or theta.shape[4] != wp or theta.shape[3] > hp:
+        hh, wh = hp // pool_size, wp // pool_size
+        if theta.shape[2] != v or theta.shape[4] != wh or theta.shape[3] > hh:
             raise ValueError(
                 f"theta of shape {tuple(theta.shape)} does not fit conv_weight "
-                f"{tuple(conv_weight.shape)} on a {height}x{width} input (expected "
-                f"({nb}, n_outputs, {v}, r<= {hp}, {wp}))."
+                f"{tuple(conv_weight.shape)} on a {height}x{width} input with pool_size "
+                f"{pool_size} (expected ({nb}, n_outputs, {v}, r<= {hh}, {wh}))."
             )
         self.n_networks, self.n_filters, self.in_channels, self.kernel_size = nb, v, c, k
         self.height, self.width, self.visible_rows = height, width, int(theta.shape[3])
         self.feature_size = (hp, wp)
+        self.pool_size = pool_size
+        self.head_grid = (hh, wh)
         self.register_buffer("conv_weight", conv_weight.detach().clone())
         self.register_buffer("theta", theta.detach().clone())
         self.conv_bias: Optional[Tensor]
@@ -343,6 +382,8 @@ class BatchedMaskedCNN(nn.Module):
         )
         z = z.reshape(n, self.n_filters, z.shape[-2], z.shape[-1])
         b = self.features(z)
+        if self.pool_size > 1:
+            b = F.max_pool2d(b, self.pool_size)
         y = torch.einsum("nvrw,novrw->no", b[:, :, : self.visible_rows, :], th)
         if out is None:
             return y

@@ -18,7 +18,14 @@ from torch import Tensor, nn
 
 from captum_cam_ext.attr.grad_cam import LayerGradCam
 
-from .closed_form import CLOSED_FORM_METHODS, CONDITIONAL_METHODS, MaskedCnnClosedForm, method_key
+from .closed_form import (
+    CLOSED_FORM_METHODS,
+    CONDITIONAL_METHODS,
+    MaskedCnnClosedForm,
+    check_n_outputs,
+    check_target,
+    method_key,
+)
 from .masked_cnn import BatchedMaskedCNN
 
 __all__ = ["MonteCarloResult", "sample_networks", "run_monte_carlo", "zscore"]
@@ -96,6 +103,8 @@ def sample_networks(
 ) -> BatchedMaskedCNN:
     """``n`` independent networks of ``form``'s configuration at initialization (float32).
 
+    The networks have ``form.pool_size`` (a max-pool before the head when ``> 1``).
+
     With ``conv_weight`` ``(V, C, k, k)`` (and ``conv_bias`` ``(V,)``) the convolution is fixed
     and only the head is drawn.  With ``hidden`` the head is ``Linear(V*r*W', hidden) -> ReLU ->
     Linear(hidden, n_outputs)`` (weights ``N(0, sigma_theta^2)``, biases 0).  Draw order: conv
@@ -105,7 +114,7 @@ def sample_networks(
         raise ValueError(f"n must be a positive int, got {n!r}.")
     if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
         raise ValueError(f"hidden must be None or a positive int, got {hidden!r}.")
-    _, wp = form.feature_size
+    wh = form.head_grid[1]
     v, c, k = form.n_filters, form.in_channels, form.kernel_size
     b: Optional[Tensor]
     if conv_weight is None:
@@ -115,11 +124,12 @@ def sample_networks(
         w = conv_weight.to(torch.float32).expand(n, v, c, k, k)
         b = None if conv_bias is None else conv_bias.to(torch.float32).expand(n, v)
     first = n_outputs if hidden is None else hidden
-    th = torch.randn(n, first, v, form.visible_rows, wp, generator=generator) * form.sigma_theta
+    th = torch.randn(n, first, v, form.visible_rows, wh, generator=generator) * form.sigma_theta
     out = None
     if hidden is not None:
         out = torch.randn(n, n_outputs, hidden, generator=generator) * form.sigma_theta
-    return BatchedMaskedCNN(w, th, form.height, form.width, conv_bias=b, head_out=out)
+    return BatchedMaskedCNN(w, th, form.height, form.width, conv_bias=b, head_out=out,
+                            pool_size=form.pool_size)
 
 
 class MapMoments:
@@ -190,8 +200,17 @@ class MapMoments:
 
 
 def _check_arguments(
-    method: type, n_samples: int, batch: int, attribute_kwargs: Dict[str, Any]
+    method: type,
+    n_samples: int,
+    batch: int,
+    attribute_kwargs: Dict[str, Any],
+    target: Union[int, str],
+    n_outputs: int,
 ) -> None:
+    check_target(target)
+    check_n_outputs(n_outputs)
+    if isinstance(target, int) and target >= n_outputs:
+        raise ValueError(f"target={target} is not one of the n_outputs={n_outputs} logits.")
     if not isinstance(method, type):
         raise TypeError(f"method must be a CAM class, got {method!r}.")
     if not isinstance(n_samples, int) or n_samples < 2:
@@ -231,6 +250,7 @@ def _chunk_maps(
     method: type,
     net: BatchedMaskedCNN,
     x32: Tensor,
+    target: Union[int, str],
     cam_kwargs: Dict[str, Any],
     attribute_kwargs: Dict[str, Any],
 ) -> Tensor:
@@ -238,7 +258,14 @@ def _chunk_maps(
     n = net.n_networks
     cam = method(net, net.features, **cam_kwargs)
     inputs = x32.expand(n, -1, -1, -1).contiguous()
-    maps = cam.attribute(inputs, target=0, relu_attributions=True,
+    tgt: Union[int, Tensor]
+    if target == "argmax":
+        with torch.no_grad():
+            tgt = net(inputs).argmax(1)
+    else:
+        assert isinstance(target, int)
+        tgt = target
+    maps = cam.attribute(inputs, target=tgt, relu_attributions=True,
                          additional_forward_args=(torch.arange(n),), **attribute_kwargs)
     return maps.detach().reshape(n, *net.feature_size)
 
@@ -249,10 +276,14 @@ def _attach_closed_form(
     xb: Tensor,
     key: str,
     fixed: Tuple[Optional[Tensor], Optional[Tensor]],
+    target: Union[int, str],
+    n_outputs: int,
 ) -> None:
     """Closed form, z-scores and leak z-score for the methods that have one."""
     fixed_w, fixed_b = fixed
-    if fixed_w is not None and key in CONDITIONAL_METHODS:
+    argmax = target == "argmax"
+    pooled_local = form.pool_size > 1 and key in ("hirescam", "layercam")
+    if fixed_w is not None and key in (("gradcam",) if argmax else CONDITIONAL_METHODS):
         conv = nn.Conv2d(form.in_channels, form.n_filters, form.kernel_size,
                          bias=fixed_b is not None).double()
         with torch.no_grad():
@@ -260,9 +291,12 @@ def _attach_closed_form(
             if fixed_b is not None:
                 assert conv.bias is not None
                 conv.bias.copy_(fixed_b)
-        exp = form.conditional_expected_map(xb, conv, key)[0, 0]
+        exp = form.conditional_expected_map(xb, conv, key, target, n_outputs)[0, 0]
+        if key == "gradcam":
+            res.positive_probability = form.conditional_positive_probability(
+                xb, conv, target, n_outputs)[0, 0]
         leak_expected = float((exp * form.masked_mask).sum())
-    elif fixed_w is None and key in CLOSED_FORM_METHODS:
+    elif fixed_w is None and not argmax and not pooled_local and key in CLOSED_FORM_METHODS:
         exp = form.expected_map(xb, key)[0, 0]
         res.positive_probability = form.positive_probability(xb, key)[0, 0]
         leak_expected = float(form.expected_leak(xb, key)[0])
@@ -291,6 +325,8 @@ def run_monte_carlo(
     attribute_kwargs: Optional[Dict[str, Any]] = None,
     conv_weight: Optional[Union[Tensor, nn.Module]] = None,
     hidden: Optional[int] = None,
+    target: Union[int, str] = 0,
+    n_outputs: Optional[int] = None,
 ) -> MonteCarloResult:
     """Run a CAM class of this package on ``n_samples`` networks sampled at initialization.
 
@@ -298,7 +334,9 @@ def run_monte_carlo(
     """
     method = LayerGradCam if method is None else method
     akw = dict(attribute_kwargs or {})
-    _check_arguments(method, n_samples, batch, akw)
+    if n_outputs is None:
+        n_outputs = 10 if target == "argmax" else 1
+    _check_arguments(method, n_samples, batch, akw, target, n_outputs)
     xb = _one_image(form, x)
     fixed = _fixed_conv(form, conv_weight)
     gen = torch.Generator().manual_seed(int(seed))
@@ -306,13 +344,16 @@ def run_monte_carlo(
     done = 0
     while done < n_samples:
         n = min(batch, n_samples - done)
-        net = sample_networks(form, n, gen, conv_weight=fixed[0], conv_bias=fixed[1],
-                              hidden=hidden)
-        moments.add(_chunk_maps(method, net, xb.to(torch.float32), dict(cam_kwargs or {}), akw))
+        net = sample_networks(form, n, gen, n_outputs=n_outputs, conv_weight=fixed[0],
+                              conv_bias=fixed[1], hidden=hidden)
+        moments.add(_chunk_maps(method, net, xb.to(torch.float32), target,
+                                dict(cam_kwargs or {}), akw))
         done += n
     res = moments.result(method.__name__, n_samples)
+    res.extra.update(target=target, n_outputs=n_outputs, pool_size=form.pool_size)
     if hidden is not None:
         res.extra["hidden"] = hidden
     else:
-        _attach_closed_form(res, form, xb, method_key(method), fixed)
+        _attach_closed_form(res, form, xb, method_key(method), fixed, target, n_outputs)
     return res
+

@@ -10,6 +10,7 @@ from captum_cam_ext.attr.grad_cam import LayerGradCam
 from captum_cam_ext.registry import method_kind, methods
 from captum_cam_ext.theory.analyzer import GradCamAtInitAnalyzer
 from captum_cam_ext.theory.closed_form import method_key
+from captum_cam_ext.theory.masked_cnn import masked_cnn
 
 __all__ = ["theory_sweep", "methods_at_init", "registered_cams", "sweep_markdown",
            "methods_markdown", "plot_sweep", "theory_report"]
@@ -32,26 +33,41 @@ def theory_sweep(
     n_samples: int = 20000,
     seed: int = 0,
     x: Optional[torch.Tensor] = None,
+    pool_size: int = 1,
+    argmax: bool = True,
+    n_outputs: int = 10,
 ) -> List[Dict[str, Any]]:
-    """Grad-CAM closed form vs Monte-Carlo (the package's ``LayerGradCam``) for each ``(V, rows)``.
+    """Grad-CAM closed form vs Monte-Carlo (the package's ``LayerGradCam``) for each ``(V, rows)``,
+    for a fixed target and for the predicted class.
 
     Parameters
     ----------
     n_filters, visible_rows : sequences of int
-        The sweep.  ``visible_rows`` are feature rows (of ``height - kernel_size + 1``).
-    in_channels, height, width, kernel_size, sigma_w, sigma_theta :
+        The sweep.  ``visible_rows`` are rows of the grid the head reads (the conv grid of
+        ``height - kernel_size + 1`` rows, or the pooled grid with ``pool_size > 1``).
+    in_channels, height, width, kernel_size, sigma_w, sigma_theta, pool_size :
         The masked CNN (see :class:`GradCamAtInitAnalyzer`).
     n_samples, seed :
         Monte-Carlo draws per configuration and the seed.
     x : Tensor, optional
         ``(C, H, W)`` input; default uniform ``[0, 1)`` noise drawn from ``seed``.
+    argmax : bool
+        Also run the predicted-class target (``target="argmax"`` over ``n_outputs`` logits): its
+        unconditional leak against the fixed-target closed form (there is no closed form over
+        ``W`` for it), and its exact conditional law given one sampled convolution against a
+        Monte-Carlo over heads with that convolution.
+    n_outputs : int
+        Number of logits for the predicted-class target.
 
     Returns
     -------
     list of dict
-        One row per configuration: ``V``, ``visible_rows``, ``masked_rows``, ``leak_theory``,
-        ``leak_mc``, ``leak_se``, ``leak_z``, ``max_abs_z`` (per position), ``p_pos_theory``,
-        ``p_pos_mc`` (mean over masked positions), ``n_samples``.
+        One row per configuration: ``V``, ``visible_rows``, ``masked_rows`` (conv rows),
+        ``leak_theory``, ``leak_mc``, ``leak_se``, ``leak_z``, ``max_abs_z`` (per position),
+        ``p_pos_theory``, ``p_pos_mc`` (mean over masked positions), ``n_samples``; with
+        ``argmax``: ``argmax_leak_mc``, ``argmax_leak_se``, ``argmax_ratio`` (MC leak / fixed-target
+        closed form), ``argmax_p_pos_mc``, ``argmax_cond_leak_theory``, ``argmax_cond_leak_mc``,
+        ``argmax_cond_leak_z``, ``argmax_cond_max_abs_z``.
     """
     if x is None:
         x = _default_input(in_channels, height, width, seed)
@@ -59,26 +75,57 @@ def theory_sweep(
     for v in n_filters:
         for r in visible_rows:
             an = GradCamAtInitAnalyzer(in_channels, height, width, kernel_size, v, r,
-                                       sigma_w, sigma_theta)
-            res = an.monte_carlo(x, n_samples, seed=seed + 1000 * v + r, method=LayerGradCam)
-            m = an.masked_mask
-            assert res.positive_probability is not None and res.z is not None
-            rows.append(
-                dict(
-                    V=v,
-                    visible_rows=r,
-                    masked_rows=an.feature_size[0] - r,
-                    leak_theory=res.leak_expected,
-                    leak_mc=res.leak_mean,
-                    leak_se=res.leak_stderr,
-                    leak_z=res.leak_z,
-                    max_abs_z=res.max_abs_z(),
-                    p_pos_theory=float(res.positive_probability[m].mean()) if m.any() else 0.0,
-                    p_pos_mc=float(res.positive_rate[m].mean()) if m.any() else 0.0,
-                    n_samples=n_samples,
-                )
-            )
+                                       sigma_w, sigma_theta, pool_size=pool_size)
+            row = _fixed_target_row(an, x, n_samples, seed + 1000 * v + r)
+            if argmax:
+                row.update(_argmax_row(an, x, n_samples, seed + 1000 * v + r + 500, n_outputs,
+                                       row["leak_theory"]))
+            rows.append(row)
     return rows
+
+
+def _fixed_target_row(an: GradCamAtInitAnalyzer, x: torch.Tensor, n: int, seed: int
+                      ) -> Dict[str, Any]:
+    res = an.monte_carlo(x, n, seed=seed, method=LayerGradCam)
+    m = an.masked_mask
+    assert res.positive_probability is not None and res.z is not None
+    return dict(
+        V=an.n_filters,
+        visible_rows=an.visible_rows,
+        masked_rows=int(m[:, 0].sum()),
+        leak_theory=res.leak_expected,
+        leak_mc=res.leak_mean,
+        leak_se=res.leak_stderr,
+        leak_z=res.leak_z,
+        max_abs_z=res.max_abs_z(),
+        p_pos_theory=float(res.positive_probability[m].mean()) if m.any() else 0.0,
+        p_pos_mc=float(res.positive_rate[m].mean()) if m.any() else 0.0,
+        n_samples=n,
+    )
+
+
+def _argmax_row(an: GradCamAtInitAnalyzer, x: torch.Tensor, n: int, seed: int, n_outputs: int,
+                fixed_theory: Optional[float]) -> Dict[str, Any]:
+    m = an.masked_mask
+    res = an.monte_carlo(x, n, seed=seed, method=LayerGradCam, target="argmax",
+                         n_outputs=n_outputs)
+    conv = masked_cnn(an.in_channels, an.height, an.width, an.kernel_size, an.n_filters,
+                      an.visible_rows, bias=an.bias, sigma_w=an.sigma_w, pool_size=an.pool_size,
+                      generator=torch.Generator().manual_seed(seed + 1))
+    cond = an.monte_carlo(x, n, seed=seed + 2, method=LayerGradCam, target="argmax",
+                          n_outputs=n_outputs, conv_weight=conv)
+    ratio = res.leak_mean / fixed_theory if fixed_theory else None
+    return dict(
+        n_outputs=n_outputs,
+        argmax_leak_mc=res.leak_mean,
+        argmax_leak_se=res.leak_stderr,
+        argmax_ratio=ratio,
+        argmax_p_pos_mc=float(res.positive_rate[m].mean()) if m.any() else 0.0,
+        argmax_cond_leak_theory=cond.leak_expected,
+        argmax_cond_leak_mc=cond.leak_mean,
+        argmax_cond_leak_z=cond.leak_z,
+        argmax_cond_max_abs_z=cond.max_abs_z(),
+    )
 
 
 def registered_cams() -> List[type]:
@@ -148,18 +195,30 @@ def _f(v: Optional[float], nd: int = 4) -> str:
 
 
 def sweep_markdown(rows: Sequence[Dict[str, Any]]) -> str:
-    """Markdown table of :func:`theory_sweep` rows."""
-    lines = [
-        "| V | visible rows | masked rows | E[leak] theory | leak MC ± SE | z (leak) | max abs z "
-        "(per position) | P(>0) theory | P(>0) MC |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """Markdown table of :func:`theory_sweep` rows (predicted-class columns when present)."""
+    argmax = bool(rows) and "argmax_leak_mc" in rows[0]
+    head = ("| V | visible rows | masked rows | E[leak] theory | leak MC ± SE | z (leak) | max abs z "
+            "(per position) | P(>0) theory | P(>0) MC |")
+    rule = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if argmax:
+        head += (" argmax: leak MC ± SE | argmax / fixed theory | argmax: P(>0) MC | argmax given W: "
+                 "theory vs MC (z, max abs z) |")
+        rule += "---:|---:|---:|---:|"
+    lines = [head, rule]
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['V']} | {r['visible_rows']} | {r['masked_rows']} | {_f(r['leak_theory'])} | "
             f"{_f(r['leak_mc'])} ± {_f(r['leak_se'])} | {_f(r['leak_z'], 2)} | "
             f"{_f(r['max_abs_z'], 2)} | {_f(r['p_pos_theory'])} | {_f(r['p_pos_mc'])} |"
         )
+        if argmax:
+            line += (
+                f" {_f(r['argmax_leak_mc'])} ± {_f(r['argmax_leak_se'])} | "
+                f"{_f(r['argmax_ratio'], 2)} | {_f(r['argmax_p_pos_mc'])} | "
+                f"{_f(r['argmax_cond_leak_theory'])} vs {_f(r['argmax_cond_leak_mc'])} "
+                f"({_f(r['argmax_cond_leak_z'], 2)}, {_f(r['argmax_cond_max_abs_z'], 2)}) |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -195,13 +254,23 @@ def plot_sweep(rows: Sequence[Dict[str, Any]]) -> Any:
                      fmt="o", color=line[0].get_color(), ms=4, capsize=2)
         ax2.plot(vs, [r["p_pos_theory"] for r in sub], "-", color=line[0].get_color())
         ax2.plot(vs, [r["p_pos_mc"] for r in sub], "o", color=line[0].get_color(), ms=4)
+        if "argmax_leak_mc" in sub[0]:
+            ax1.errorbar(vs, [r["argmax_leak_mc"] for r in sub],
+                         yerr=[2 * r["argmax_leak_se"] for r in sub], fmt="^",
+                         color=line[0].get_color(), ms=4, capsize=2, mfc="none")
+            ax2.plot(vs, [r["argmax_p_pos_mc"] for r in sub], "^", color=line[0].get_color(),
+                     ms=4, mfc="none")
+    argmax = bool(rows) and "argmax_leak_mc" in rows[0]
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("number of filters V")
     ax1.set_ylabel("expected Grad-CAM mass on the masked rows")
-    ax1.set_title("leak: closed form (lines) vs Monte-Carlo ±2 SE (points)")
+    ax1.set_title("leak: closed form (lines) vs Monte-Carlo ±2 SE (points)"
+                  + ("\ntriangles: predicted-class target (Monte-Carlo)" if argmax else ""),
+                  fontsize=9)
     ax2.set_ylabel("P(Grad-CAM(p) > 0), masked p")
-    ax2.set_title("(1 - 2^-V)/2 (lines) vs Monte-Carlo (points)")
+    ax2.set_title("(1 - 2^-V)/2 (lines) vs Monte-Carlo (points)"
+                  + ("\ntriangles: predicted-class target" if argmax else ""), fontsize=9)
     ax1.legend(fontsize=7)
     fig.tight_layout()
     return fig
