@@ -52,7 +52,7 @@ a fixed target.  Methods are named by their canonical names in the method regist
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -381,8 +381,9 @@ class MaskedCnnClosedForm:
                 f"stride={conv.stride}."
             )
         if hasattr(model, "height"):
-            got = (model.in_channels, model.height, model.width, model.visible_rows)
-            exp = (self.in_channels, self.height, self.width, self.visible_rows)
+            got: Tuple[Any, ...] = (model.in_channels, model.height, model.width,
+                                    model.visible_rows)
+            exp: Tuple[Any, ...] = (self.in_channels, self.height, self.width, self.visible_rows)
             names = "(C, H, W, visible_rows)"
             pool = getattr(model, "pool_size", 1)
             if pool != 1 or self.pool_size != 1:
