@@ -635,7 +635,8 @@ class CamAttribution(LayerAttribution):
             raise ValueError(
                 f"the output of layer {where} has shape {tuple(value.shape)}, which looks like tokens "
                 "(N, tokens, channels); pass reshape_transform= to map it to (N, channels, h, w) "
-                "(e.g. captum_cam_ext.reshape.vit_reshape_transform)"
+                "(e.g. captum_cam_ext.reshape.vit_reshape_transform); if it really is a sequence (N, K, L), "
+                "pass reshape_transform=lambda t: t"
             )
         if value.dim() < 2 or value.dim() > 5:
             raise ValueError(
@@ -646,10 +647,12 @@ class CamAttribution(LayerAttribution):
 
     @staticmethod
     def _looks_like_tokens(value: Tensor) -> bool:
-        # (N, T, C) with T = 1 + a square number (class token + patch grid), as ViTs produce
-        t = value.shape[1]
+        # (N, T, C) with T = 1 + a square grid of at least 4 x 4 patches (class token + patches) and
+        # a transformer width C (a multiple of 16), as ViTs produce; a real (N, K, L) sequence
+        # that matches can pass reshape_transform=lambda t: t
+        t, c = value.shape[1], value.shape[2]
         root = int(round((t - 1) ** 0.5)) if t > 1 else 0
-        return t > 4 and root * root == t - 1 and value.shape[2] > t
+        return root >= 4 and root * root == t - 1 and c >= 32 and c % 16 == 0
 
     def _guided_context(self, backward_rule: str) -> Any:
         if backward_rule == "standard":
