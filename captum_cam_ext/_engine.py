@@ -125,6 +125,11 @@ class LayerRecord:
         Per unit, whether the layer value was ``(N, K)`` (its maps are returned as ``(N, 1)``).
     calls : list of int
         Per layer, how many times it ran in the forward pass.
+    roots, graph_gradients : list
+        Only for methods with ``needs_graph = True`` (second-order methods such as Shapley-CAM):
+        per unit the raw layer value that is the graph root, and ``graph_gradients[t][u]`` the raw
+        gradient *with* its graph (``create_graph=True``), so that Hessian-vector products
+        ``torch.autograd.grad(graph_gradients[t][u], roots[u], grad_outputs=v)`` can be taken.
     """
 
     activations: List[Tensor]
@@ -135,6 +140,8 @@ class LayerRecord:
     units: List[Tuple[int, Optional[int]]]
     flat: List[bool] = field(default_factory=list)
     calls: List[int] = field(default_factory=list)
+    roots: List[Tensor] = field(default_factory=list)
+    graph_gradients: List[List[Tensor]] = field(default_factory=list)
 
     @property
     def tuple_output(self) -> bool:
@@ -538,6 +545,8 @@ class CamAttribution(LayerAttribution):
     uses_perturbation: ClassVar[bool] = False
     #: The backward rule used when ``attribute``/``compute`` get ``backward_rule=None``.
     default_backward_rule: ClassVar[str] = "standard"
+    #: Keep the backward graph (``create_graph=True``) in :attr:`LayerRecord.graph_gradients`.
+    needs_graph: ClassVar[bool] = False
     name: ClassVar[str] = "cam"
 
     def __init__(
@@ -723,6 +732,8 @@ class CamAttribution(LayerAttribution):
             (torch.no_grad() if self.trim_graph else torch.enable_grad()) if grads_wanted else torch.no_grad()
         )
         gradients: List[List[Tensor]] = []
+        graph_gradients: List[List[Tensor]] = []
+        flat_roots: List[Tensor] = []
         with preserved_state(self.forward_func), self._guided_context(rule if grads_wanted else "standard"), grad_ctx:
             with rec:
                 outputs = run_forward(self.forward_func, inputs, args)
@@ -740,6 +751,8 @@ class CamAttribution(LayerAttribution):
                             "computed under torch.no_grad() or detached after the layer)"
                         )
                     kw = {"allow_unused": True, "retain_graph": t < len(targets) - 1, **(grad_kwargs or {})}
+                    if self.needs_graph:
+                        kw.update(create_graph=True, retain_graph=True)
                     got = torch.autograd.grad(scores.sum(), flat_roots, **kw)
                     if any(g is None for g in got):
                         raise self._no_gradient_error(
@@ -748,6 +761,8 @@ class CamAttribution(LayerAttribution):
                         )
                     it = iter(got)
                     gradients.append([torch.cat([next(it) for _ in rs]) for rs in roots])  # type: ignore[misc]
+                    if self.needs_graph:
+                        graph_gradients.append(list(got))  # type: ignore[arg-type]
         acts = [torch.cat([r.detach() for r in v]) if isinstance(v, list) else v.detach() for v in values]
         out_detached = outputs.detach() if isinstance(outputs, Tensor) else outputs
         layer_of = [self.layers[li] for li, _ in units]
@@ -759,7 +774,10 @@ class CamAttribution(LayerAttribution):
             [self.to_maps(g.detach(), lay).to(d) for g, lay, d in zip(gs, layer_of, dtype_of)] for gs in gradients
         ]
         indices = [resolve_target(out_detached, t) if self._has_class_index(out_detached, t) else None for t in targets]
-        return LayerRecord(canon_acts, canon_grads, out_detached, targets, indices, units, flat, calls)
+        roots = flat_roots if self.needs_graph else []
+        return LayerRecord(
+            canon_acts, canon_grads, out_detached, targets, indices, units, flat, calls, roots, graph_gradients
+        )
 
     @staticmethod
     def _has_class_index(outputs: Any, target: TargetSpec) -> bool:
