@@ -265,11 +265,12 @@ def _metric_values(
     x: Tensor,
     maps: Tensor,
     tgt: Tensor,
+    indices: Tensor,
 ) -> Dict[str, Tensor]:
     """Per-example values of every requested metric for one batch (one call per group), float64 CPU."""
     out: Dict[str, Tensor] = {}
     for group, specs in groups.items():
-        vals = compute_group(specs, model, x, maps, tgt, **options.get(group, {}))
+        vals = compute_group(specs, model, x, maps, tgt, indices=indices, **options.get(group, {}))
         out.update({k: v.detach().double().cpu().reshape(-1) for k, v in vals.items()})
     return out
 
@@ -312,7 +313,7 @@ def _attribute_batches(
             t0 = time.perf_counter()
             maps = cam.attribute(x, target=tgt, relu_attributions=True).detach()
             local.seconds[row] += time.perf_counter() - t0
-            for m, v in _metric_values(groups, options, model, x, maps, tgt).items():
+            for m, v in _metric_values(groups, options, model, x, maps, tgt, idx).items():
                 local.values[row][m].append(v)
     return local
 

@@ -88,6 +88,23 @@ def test_single_process_matches_the_metrics_on_the_whole_dataset():
     assert "| gradcam |" in md and "21 examples" in md
 
 
+def test_road_in_evaluate_follows_the_example_not_the_batch():
+    """ROAD's noise is seeded by the dataset index: evaluate equals one direct call on everything."""
+    from captum_cam_ext.metrics import road
+
+    model, ds = _build()
+    res = evaluate(model, model[3], ["gradcam"], ds, batch_size=5, metrics=("road_combined", "road_morf"),
+                   metric_options={"road": {"percentiles": (30, 70)}})
+    x, _ = ds.tensors
+    pred = model(x).argmax(1)
+    maps = LayerGradCam(model, model[3]).attribute(x, target=pred, relu_attributions=True)
+    ref = road(model, x, maps, target=pred, percentiles=(30, 70), return_curves=True)
+    pe = res.per_example["gradcam"]
+    assert list(pe) == ["road_morf", "road_combined"]  # report order of the registry
+    torch.testing.assert_close(pe["road_combined"], ref.combined.double(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(pe["road_morf"], ref.morf.double(), rtol=0, atol=1e-6)
+
+
 def test_label_target_and_errors():
     model, ds = _build()
     res = evaluate(model, model[3], {"GC": LayerGradCam(model, model[3])}, ds, target="label",

@@ -40,6 +40,7 @@ from captum_cam_ext.metrics.leakage import (
     unseen_seen_mean_ratio,
     wall_ratio,
 )
+from captum_cam_ext.metrics.road import RoadResult, impute_linear, road, road_masks
 from captum_cam_ext.metrics.statistics import (
     PairedComparison,
     bootstrap_ci,
@@ -77,6 +78,10 @@ __all__ = [
     "random_control",
     "area_controls",
     "AreaHistogram",
+    "RoadResult",
+    "road",
+    "road_masks",
+    "impute_linear",
     "PairedComparison",
     "paired_comparison",
     "bootstrap_ci",

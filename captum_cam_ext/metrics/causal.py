@@ -409,13 +409,25 @@ insertion_auc.__doc__ = (
 
 
 def _deletion_for_evaluate(
-    forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Tensor, **options: Any
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    *,
+    indices: Optional[Tensor] = None,
+    **options: Any,
 ) -> Dict[str, Tensor]:
     return {"deletion_auc": cast(Tensor, deletion_auc(forward_func, inputs, maps, target=target, **options))}
 
 
 def _insertion_for_evaluate(
-    forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Tensor, **options: Any
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    *,
+    indices: Optional[Tensor] = None,
+    **options: Any,
 ) -> Dict[str, Tensor]:
     return {"insertion_auc": cast(Tensor, insertion_auc(forward_func, inputs, maps, target=target, **options))}
 

@@ -289,7 +289,13 @@ def average_gain(
 
 
 def _compute_for_evaluate(
-    forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Tensor, **options: Any
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    *,
+    indices: Optional[Tensor] = None,
+    **options: Any,
 ) -> Dict[str, Tensor]:
     res = confidence_metrics(forward_func, inputs, maps, target=target, **options)
     return {

@@ -6,10 +6,12 @@ from one computation (Average Drop, Average Increase, Average Gain and the mask 
 one :func:`~captum_cam_ext.metrics.confidence_metrics` call) share a ``group`` and its ``compute``
 function, which ``evaluate`` calls once per batch for the whole group.
 
-A ``compute`` function takes ``(forward_func, inputs, maps, target, **options)`` -- the model,
-a batch ``(B, C, H, W)``, the method's maps ``(B, 1, h, w)`` and the class indices ``(B,)`` -- and
-returns ``{metric name: per-example values (B,)}`` for (at least) every metric of its group.
-``options`` are the keyword arguments ``evaluate`` was given for that group.
+A ``compute`` function takes ``(forward_func, inputs, maps, target, *, indices, **options)`` --
+the model, a batch ``(B, C, H, W)``, the method's maps ``(B, 1, h, w)``, the class indices
+``(B,)`` and the examples' dataset indices ``(B,)`` (seeds for anything random, so that an
+example's value does not depend on its batch or process) -- and returns ``{metric name:
+per-example values (B,)}`` for (at least) every metric of its group. ``options`` are the keyword
+arguments ``evaluate`` was given for that group.
 
 Examples
 --------
@@ -61,7 +63,7 @@ class MetricSpec:
     group : str
         Metrics with the same group come from one call of ``compute``.
     compute : callable
-        ``compute(forward_func, inputs, maps, target, **options) -> {name: Tensor (B,)}``.
+        ``compute(forward_func, inputs, maps, target, *, indices, **options) -> {name: Tensor (B,)}``.
     label : str
         Short column title (e.g. ``"AD"``).
     description : str
