@@ -35,7 +35,7 @@ from captum_cam_ext.theory import (  # noqa: E402
 from captum_cam_ext.walls.audit import (  # noqa: E402
     DATASETS,
     audit_markdown,
-    audit_model,
+    audit_pairs,
     default_methods,
     plot_audit_maps,
     train_blind_model,
@@ -106,7 +106,7 @@ def main() -> int:
         maps_fig = None
         for name, mode in DATASETS.items():
             pairs = stacked_fashion_mnist("test", mode, n=args.n_test, seed=1)
-            r = audit_model(model, pairs, meths, progress=args.progress, keep_maps=4)
+            r = audit_pairs(model, pairs, meths, progress=args.progress, keep_maps=4)
             r["mode"] = mode
             maps = {k: v.pop("maps") for k, v in r["methods"].items()}
             if mode == "same":

@@ -29,13 +29,17 @@ from captum_cam_ext.metrics.leakage import (
 from captum_cam_ext.registry import methods as registered_methods
 from captum_cam_ext.walls.cache import walls_cache_dir
 from captum_cam_ext.walls.datasets import StackedPairs, stacked_fashion_mnist
-from captum_cam_ext.walls.models import DenseWallNet, SplitTrunkBlindNet
+from captum_cam_ext.walls.models import DenseWallNet, SplitTrunkBlindNet, paper_wall_net
 
-__all__ = ["default_methods", "train_blind_model", "audit_model", "run_audit", "audit_markdown",
-           "plot_audit_maps"]
+__all__ = ["DATASETS", "MODEL_KINDS", "default_methods", "train_blind_model", "audit_pairs",
+           "run_audit", "audit_markdown", "plot_audit_maps"]
 
 DATASETS = {"D1": "different", "D2": "same"}
-_KINDS = ("split", "dense")
+#: Models :func:`train_blind_model` trains: ``split`` and ``dense`` hide the lower half of a
+#: stacked pair (rows 28..55); ``paper`` is the paper's construction at the paper's geometry
+#: (:func:`~captum_cam_ext.walls.models.paper_wall_net`, rows 42..55 hidden, i.e. 54 of 224) and
+#: ``paper-nowall`` the same network without the wall (the control).
+MODEL_KINDS = ("split", "dense", "paper", "paper-nowall")
 
 
 def default_methods() -> List[type]:
@@ -54,7 +58,11 @@ def _make_model(kind: str) -> nn.Module:
         return SplitTrunkBlindNet()
     if kind == "dense":
         return DenseWallNet()
-    raise ValueError(f"model kind must be one of {_KINDS}, got {kind!r}")
+    if kind == "paper":
+        return paper_wall_net()
+    if kind == "paper-nowall":
+        return paper_wall_net(wall=False)
+    raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
 
 
 def _accuracy(model: nn.Module, pairs: StackedPairs, batch: int = 500) -> float:
@@ -81,8 +89,9 @@ def train_blind_model(
 
     Parameters
     ----------
-    kind : {"split", "dense"}
-        :class:`SplitTrunkBlindNet` (default) or :class:`DenseWallNet`.
+    kind : {"split", "dense", "paper", "paper-nowall"}
+        :class:`SplitTrunkBlindNet` (default), :class:`DenseWallNet`, or the paper-geometry
+        wall and its no-wall control (see :data:`MODEL_KINDS`).
     epochs : int
         Passes over the training pairs.
     n_train : int, optional
@@ -146,7 +155,8 @@ def train_blind_model(
     bar.close()
     model.eval()
     info = dict(kind=kind, epochs=epochs, n_train=n, seed=seed, batch_size=batch_size, lr=lr,
-                train_seconds=time.perf_counter() - t0, cached=False)
+                train_seconds=time.perf_counter() - t0, cached=False,
+                threads=torch.get_num_threads(), torch=str(torch.__version__))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": model.state_dict(), "info": info}, path)
@@ -198,7 +208,7 @@ def _summary(values: Tensor) -> Dict[str, float]:
     }
 
 
-def audit_model(
+def audit_pairs(
     model: nn.Module,
     pairs: StackedPairs,
     methods: Optional[Sequence[type]] = None,
@@ -364,8 +374,12 @@ def run_audit(
     Returns
     -------
     dict
-        ``train`` (info), ``datasets`` (``D1``/``D2`` -> :func:`audit_model` output plus
+        ``train`` (info), ``datasets`` (``D1``/``D2`` -> :func:`audit_pairs` output plus
         ``mode``), ``markdown``, ``files``.
+
+    See Also
+    --------
+    captum_cam_ext.walls.audit_model : audit any model on any images (proves blindness first).
     """
     if not isinstance(n_test, int) or n_test < 1:
         raise ValueError(f"n_test must be a positive int, got {n_test!r}")
@@ -376,7 +390,7 @@ def run_audit(
     fig_pairs: Optional[StackedPairs] = None
     for name, mode in DATASETS.items():
         pairs = stacked_fashion_mnist("test", mode, n=n_test, seed=seed + 1)
-        res = audit_model(model, pairs, methods, batch=batch, progress=progress, keep_maps=4)
+        res = audit_pairs(model, pairs, methods, batch=batch, progress=progress, keep_maps=4)
         res["mode"] = mode
         if mode == "same":
             fig_pairs = pairs

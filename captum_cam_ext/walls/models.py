@@ -17,6 +17,7 @@ Two constructions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
@@ -33,29 +34,47 @@ __all__ = [
     "invisible_band_start",
     "visible_rows_for_band",
     "vgg_trunk",
+    "PAPER_HIDDEN_ROWS",
+    "paper_hidden_rows",
+    "paper_wall_net",
 ]
 
 
-def vgg_trunk(in_channels: int, channels: Sequence[int], final_relu: bool = False) -> nn.Sequential:
-    """A small VGG-like trunk: ``[conv3x3(pad 1) -> ReLU -> maxpool2]`` per entry of ``channels``
-    except the last, which is a single ``conv3x3(pad 1)`` (followed by a ReLU when ``final_relu``).
+def vgg_trunk(
+    in_channels: int,
+    channels: Sequence[int],
+    final_relu: bool = False,
+    convs_per_block: int = 1,
+) -> nn.Sequential:
+    """A small VGG-like trunk: ``convs_per_block x [conv3x3(pad 1) -> ReLU]`` then a 2x2 max-pool
+    per entry of ``channels`` except the last, which is a single ``conv3x3(pad 1)`` (followed by a
+    ReLU when ``final_relu``).
 
     Parameters
     ----------
     in_channels : int
         Input channels.
     channels : sequence of int
-        Output channels of each convolution (at least one).
+        Output channels of each block (at least one).
+    final_relu : bool
+        Append a ReLU after the last convolution.
+    convs_per_block : int
+        Convolutions per pooled block (VGG16 has 2 or 3); ``1`` keeps the layer indices of
+        earlier versions, so their state dicts still load.
     """
     if len(channels) < 1 or any(int(c) < 1 for c in channels):
         raise ValueError(
             f"channels must be a non-empty sequence of positive ints, got {channels!r}"
         )
+    if not isinstance(convs_per_block, int) or convs_per_block < 1:
+        raise ValueError(f"convs_per_block must be a positive int, got {convs_per_block!r}")
     layers: List[nn.Module] = []
     c_in = in_channels
     for c in channels[:-1]:
-        layers += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        c_in = int(c)
+        for _ in range(convs_per_block):
+            layers += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.ReLU()]
+            c_in = int(c)
+        layers.append(nn.MaxPool2d(2))
     layers.append(nn.Conv2d(c_in, int(channels[-1]), 3, padding=1))
     if final_relu:
         layers.append(nn.ReLU())
@@ -319,7 +338,9 @@ class DenseWallNet(nn.Module):
         The wall: the visible feature rows are chosen as the largest set whose receptive fields end
         before this input row (default ``height // 2``).
     visible_feature_rows : int, optional
-        Set the visible feature rows directly instead.
+        Set the visible feature rows directly instead (all of them: no wall, the control model).
+    convs_per_block : int
+        See :func:`vgg_trunk`.
 
     Attributes
     ----------
@@ -339,10 +360,11 @@ class DenseWallNet(nn.Module):
         n_classes: int = 10,
         unseen_from_row: Optional[int] = None,
         visible_feature_rows: Optional[int] = None,
+        convs_per_block: int = 1,
     ) -> None:
         super().__init__()
         self.in_channels, self.height, self.width = in_channels, height, width
-        self.trunk = vgg_trunk(in_channels, channels)
+        self.trunk = vgg_trunk(in_channels, channels, convs_per_block=convs_per_block)
         self.features = nn.ReLU()
         n_pools = len(channels) - 1
         h, w = _out_size(height, n_pools), _out_size(width, n_pools)
@@ -375,3 +397,65 @@ class DenseWallNet(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         return self.head(self.features(self.trunk(x)))
+
+
+#: The paper's wall: the masked VGG16 of Taimeskhanov et al. cannot see input rows 170..223 of a
+#: 224-row image (the bottom 54 rows, 24.1 %).
+PAPER_HIDDEN_ROWS: Tuple[int, int] = (170, 224)
+
+
+def paper_hidden_rows(height: int) -> int:
+    """Number of bottom rows hidden at the paper's fraction ``54 / 224`` of ``height`` (rounded).
+
+    ``paper_hidden_rows(224) == 54``; ``paper_hidden_rows(56) == 14`` (the bottom quarter of a
+    stacked Fashion-MNIST pair, i.e. the lower half of the lower image).
+    """
+    if not isinstance(height, int) or height < 1:
+        raise ValueError(f"height must be a positive int, got {height!r}")
+    first, stop = PAPER_HIDDEN_ROWS
+    return int(math.floor((stop - first) * height / stop + 0.5))
+
+
+def paper_wall_net(
+    wall: bool = True,
+    in_channels: int = 1,
+    height: int = 56,
+    width: int = 28,
+    channels: Sequence[int] = (8, 16, 32),
+    hidden: int = 64,
+    n_classes: int = 10,
+) -> DenseWallNet:
+    """The paper's construction at the paper's geometry, at our training resolution.
+
+    A :class:`DenseWallNet` whose trunk has VGG-style blocks of two convolutions
+    (``conv-conv-pool-conv-conv-pool-conv``), so that the receptive field of the visible feature
+    rows ends exactly where the paper's band starts: for the default ``56 x 28`` input the model is
+    blind to input rows ``42..55``, the bottom 14 of 56 rows (the paper: the bottom 54 of 224).
+
+    Parameters
+    ----------
+    wall : bool
+        ``False`` gives the control model: the same architecture with the head reading every
+        feature row (it can see the band).
+    in_channels, height, width, channels, hidden, n_classes :
+        See :class:`DenseWallNet`.
+
+    Raises
+    ------
+    ValueError
+        If no set of visible feature rows makes the invisible band exactly the paper's fraction
+        (then choose another ``height`` or ``channels``).
+    """
+    band = height - paper_hidden_rows(height)
+    if not wall:
+        rows = _out_size(height, len(channels) - 1)
+        return DenseWallNet(in_channels, height, width, channels, hidden, n_classes,
+                            visible_feature_rows=rows, convs_per_block=2)
+    net = DenseWallNet(in_channels, height, width, channels, hidden, n_classes,
+                       unseen_from_row=band, convs_per_block=2)
+    if net.band_start != band:
+        raise ValueError(
+            f"with channels={tuple(channels)} the receptive field puts the wall at input row "
+            f"{net.band_start}, not at row {band} (the paper's fraction of {height} rows)"
+        )
+    return net
