@@ -157,7 +157,13 @@ def resolve_chunk_target(target: TargetType, outputs: Tensor, start: int, stop: 
         if len(target) != n:
             raise ValueError(f"target has {len(target)} entries for {n} examples; pass one class per example")
         target = list(target[start:stop])
-    return resolve_target(outputs, target)  # type: ignore[arg-type]
+    resolved = resolve_target(outputs, target)  # type: ignore[arg-type]
+    if resolved is None:
+        raise ValueError(
+            f"target {target!r} selects no class; the metrics need one class index per example "
+            "(None, an int, a sequence or LongTensor of N ints) or a callable on the probabilities"
+        )
+    return resolved
 
 
 def compute_attributions(
