@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -431,3 +433,53 @@ def test_batchnorm_eval_restores_modes_on_exception_and_matches_native() -> None
         with batchnorm_eval(model):
             raise RuntimeError("boom")
     assert model[1].training and not model[4].training and _n_hooks(model) == 0
+
+
+def _gini_reference(a: np.ndarray) -> float:
+    # Quantus 0.6 Sparseness.evaluate_instance after its default abs + normalise_by_max
+    a = np.abs(a).reshape(-1).astype(np.float64)
+    a = a / a.max() + 1e-7
+    a = np.sort(a)
+    n = a.size
+    return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * a) / (n * np.sum(a)))
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3), h=st.integers(2, 9))
+def test_noise_measures_match_definitions_and_are_scale_invariant(seed: int, scale: float, h: int) -> None:
+    from scipy.stats import entropy
+
+    from captum_cam_ext.metrics.alignment import gradient_noise
+
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(3, 2, h, h + 1, generator=g, dtype=torch.float64)
+    out = gradient_noise(maps)
+    out_scaled = gradient_noise(maps * scale)
+    a = maps.abs().sum(1).numpy()
+    for i in range(3):
+        assert float(out["sparseness"][i]) == pytest.approx(_gini_reference(a[i]), rel=1e-9)
+        assert float(out["complexity"][i]) == pytest.approx(float(entropy(a[i].reshape(-1))), rel=1e-9)
+        m = a[i] / a[i].sum()
+        tv = np.abs(np.diff(m, axis=0)).sum() + np.abs(np.diff(m, axis=1)).sum()
+        assert float(out["total_variation"][i]) == pytest.approx(float(tv), rel=1e-9)
+    for k in out:
+        torch.testing.assert_close(out[k], out_scaled[k], rtol=1e-6, atol=1e-9)
+
+
+def test_noise_measures_closed_forms() -> None:
+    from captum_cam_ext.metrics.alignment import complexity, sparseness, total_variation
+
+    const = torch.full((1, 6, 5), 0.3)
+    spike = torch.zeros(1, 6, 5)
+    spike[0, 2, 3] = 2.0
+    assert float(total_variation(const)) == pytest.approx(0.0, abs=1e-7)
+    assert float(sparseness(const)) == pytest.approx(0.0, abs=1e-6)
+    assert float(complexity(const)) == pytest.approx(math.log(30), rel=1e-6)
+    assert float(sparseness(spike)) == pytest.approx(1 - 1 / 30, rel=1e-5)
+    assert float(complexity(spike)) == pytest.approx(0.0, abs=1e-6)
+    assert float(total_variation(spike)) == pytest.approx(4.0, rel=1e-6)  # 4 edges of height 1
+    assert float(complexity(torch.zeros(1, 3, 3))) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        sparseness(torch.ones(4))
+    with pytest.raises(TypeError, match="floating"):
+        complexity(torch.ones(1, 2, 2, dtype=torch.long))
