@@ -15,7 +15,7 @@ from torch import nn
 
 from captum_cam_ext import LayerGradCam
 from captum_cam_ext.cli import candidate_layers, main, resolve_layer
-from captum_cam_ext.evaluation import METHOD_NAMES
+from captum_cam_ext.registry import methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_other_user_errors(photo_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err, (argv, err)
         if "unknown method" in msg:
-            assert all(m in err for m in METHOD_NAMES)
+            assert all(m in err for m in methods())
 
 
 def test_candidate_layers_and_resolution():
@@ -201,3 +201,45 @@ def test_target_by_class_name_and_torchscript_refusal(photo_dir, tmp_path, capsy
     assert main(["explain", str(photo_dir), "--model", str(tmp_path / "ts.pt"),
                  "--out", str(out)]) == 2
     assert "TorchScript" in capsys.readouterr().err
+
+
+def test_a_method_registered_in_a_test_is_offered_and_runs_through_explain(photo_dir, tmp_path, capsys):
+    from captum_cam_ext import CamAttribution
+    from captum_cam_ext.cli import build_parser, load_model, read_image
+    from captum_cam_ext.registry import register_method, unregister_method
+
+    class LayerMaxGradCam(CamAttribution):
+        """Channel weight = the largest gradient of the channel (a test-only CAM)."""
+
+        name = "maxgradcam"
+
+        def cam_weights(self, activations, gradients):
+            return gradients.amax(dim=(2, 3), keepdim=True)
+
+    model = _tiny_model(in_ch=3)
+    path = tmp_path / "tiny.pt"
+    torch.save(model, path)
+    out = tmp_path / "o"
+    register_method(LayerMaxGradCam, aliases=("max-grad-cam",))
+    try:
+        help_text = build_parser()._subparsers._group_actions[0].choices["explain"].format_help()
+        assert "maxgradcam" in help_text.replace("\n", " ").replace(" ", "")
+        assert main(["explain", str(photo_dir / "chelsea.png"), "--model", str(path), "--layer", "2",
+                     "--method", "gradcam,Max-Grad-CAM", "--target", "4", "--out", str(out)]) == 0
+        assert main(["explain", str(photo_dir), "--method", "nosuchcam", "--out", str(out)]) == 2
+        assert "maxgradcam" in capsys.readouterr().err  # listed among the choices
+    finally:
+        unregister_method(LayerMaxGradCam)
+    assert main(["explain", str(photo_dir), "--method", "maxgradcam", "--out", str(out)]) == 2
+    saved = torch.load(out / "maps.pt", weights_only=False)["images"]["chelsea"]["maps"]
+    # the hand-computed map: relu(sum_k max_p dy/dA_k(p) * A_k)
+    x = load_model(str(path)).preprocess(read_image(photo_dir / "chelsea.png"))
+    acts = model[:3](x).detach().requires_grad_(True)  # layer "2": the second convolution
+    (grad,) = torch.autograd.grad(model[3:](acts)[0, 4], acts)
+    expected = torch.relu((grad.amax(dim=(2, 3), keepdim=True) * acts).sum(1)).detach()
+    scale = float(expected.max())
+    assert scale > 0
+    torch.testing.assert_close(saved["maxgradcam"] / scale, expected / scale, rtol=1e-5, atol=1e-6)
+    gradcam = saved["gradcam"] / float(saved["gradcam"].max())
+    assert (gradcam - expected / scale).abs().max() > 0.05  # a different method, not Grad-CAM again
+    assert (out / "chelsea_maxgradcam.png").is_file()
