@@ -347,3 +347,24 @@ def test_package_cli_walls_help_names_the_package_command(monkeypatch, capsys):
         main(["walls", "audit", "--help"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("usage: captum-cam-ext walls audit")
+
+
+@needs_fmnist
+def test_paper_geometry_models_train_and_cache(tmp_path):
+    from captum_cam_ext.walls import check_blind, train_blind_model
+
+    model, info = train_blind_model("paper", epochs=1, n_train=256, cache_dir=tmp_path,
+                                    progress=False)
+    assert info["cached"] is False and (tmp_path / "blind_paper_e1_n256_s0.pt").is_file()
+    assert model.band_start == 42 and not model.training
+    x = torch.randn(8, 1, 56, 28)
+    assert check_blind(model, x, "42:56").blind
+    control, _ = train_blind_model("paper-nowall", epochs=1, n_train=256, cache_dir=tmp_path,
+                                   progress=False)
+    assert not check_blind(control, x, "42:56").blind
+    again, info2 = train_blind_model("paper", epochs=1, n_train=256, cache_dir=tmp_path,
+                                     progress=False)
+    assert info2["cached"] and all(torch.equal(a, b) for a, b in
+                                   zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="model kind"):
+        train_blind_model("vgg", cache_dir=tmp_path)

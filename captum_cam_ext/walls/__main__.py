@@ -88,8 +88,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    "made blind to rows 160..223), efficientnet_lite0, a torchvision name or a "
                    "model file (through captum-cam-ext)")
     a.add_argument("--hidden-rows", default=None, metavar="START:STOP",
-                   help=f"input rows the model cannot see, e.g. 170:224 or -54: (default for "
-                   f"{BLIND_EFFICIENTNET}: 170:224, the paper's bottom 54 of 224 rows)")
+                   help=f"input rows the model cannot see, e.g. 170:224, or --hidden-rows=-54: "
+                   f"for the bottom 54 rows (default for {BLIND_EFFICIENTNET}: 170:224, the "
+                   "paper's bottom 54 of 224 rows)")
     a.add_argument("--layer", default=None, help="CAM layer (dotted module name)")
     a.add_argument("--method", action="append", default=None,
                    help="a CAM method (repeatable or comma-separated; default: every one)")
