@@ -36,7 +36,7 @@ from captum_cam_ext.metrics.registry import (
     metric_specs,
     resolve_metrics,
 )
-from captum_cam_ext.registry import canonical_method_name, create_method, methods, normalize_method_name
+from captum_cam_ext.registry import create_method
 
 __all__ = [
     "EvaluationResult",
@@ -48,28 +48,16 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Read-only views kept for old callers: ``METRIC_NAMES``, ``METRIC_DIRECTION``, ``METHOD_NAMES``.
+    """Read-only views kept for old callers: ``METRIC_NAMES`` and ``METRIC_DIRECTION``.
 
-    ``METRIC_NAMES`` / ``METRIC_DIRECTION`` are views of
-    :func:`captum_cam_ext.metrics.registry.metric_specs`; ``METHOD_NAMES`` of
-    :func:`captum_cam_ext.registry.methods`. New code reads the registries.
+    Both are views of :func:`captum_cam_ext.metrics.registry.metric_specs` (names in report
+    order; ``"higher"``/``"lower"``/``"none"``). New code reads the registry.
     """
     if name == "METRIC_NAMES":
         return tuple(metric_specs())
     if name == "METRIC_DIRECTION":
         return {n: s.direction for n, s in metric_specs().items()}
-    if name == "METHOD_NAMES":
-        return tuple(methods())
-    if name == "_canonical":  # the command line's import until its split lands (issue 9)
-        return _canonical_or_key
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _canonical_or_key(name: str) -> str:
-    try:
-        return canonical_method_name(name)
-    except ValueError:
-        return normalize_method_name(name)
 
 
 def make_method(name: str, model: Callable, layer: nn.Module, batch_size: int = 32) -> Any:

@@ -41,6 +41,15 @@ from captum_cam_ext.metrics.leakage import (
     wall_ratio,
 )
 from captum_cam_ext.metrics.road import RoadResult, impute_linear, road, road_masks
+from captum_cam_ext.metrics.sanity import (
+    DataIndependenceResult,
+    RandomizationResult,
+    data_independence,
+    parameter_randomization,
+    randomizable_layers,
+    spearman_correlation,
+    ssim,
+)
 from captum_cam_ext.metrics.statistics import (
     PairedComparison,
     bootstrap_ci,
@@ -82,6 +91,13 @@ __all__ = [
     "road",
     "road_masks",
     "impute_linear",
+    "RandomizationResult",
+    "DataIndependenceResult",
+    "parameter_randomization",
+    "data_independence",
+    "randomizable_layers",
+    "spearman_correlation",
+    "ssim",
     "PairedComparison",
     "paired_comparison",
     "bootstrap_ci",
