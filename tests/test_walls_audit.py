@@ -294,3 +294,16 @@ def test_cli_blind_efficientnet_end_to_end(tmp_path, capsys):
     rc = run_cli(["audit", "--model", "efficientnet_lite0", "--hidden-rows", "170:224",
                   "--method", "gradcam", str(imgs)])
     assert rc == 2 and "refusing to audit" in capsys.readouterr().err
+
+
+def test_package_cli_lends_its_model_loading_to_walls_audit(tmp_path, capsys):
+    """``captum-cam-ext walls audit --model resnet18 ...``: a torchvision model (loaded by the
+    package command line) that sees the band is refused with the measured change."""
+    from captum_cam_ext.cli import main
+
+    imgs = _write_images(tmp_path / "imgs", n=1, size=(64, 64))
+    rc = main(["walls", "audit", "--model", "resnet18", "--layer", "layer4", "--hidden-rows",
+               "170:224", "--method", "gradcam", "--out", str(tmp_path / "o"), str(imgs)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: refusing to audit: the model can see the hidden region" in err
+    assert "max |output change| = " in err

@@ -110,7 +110,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--cache-dir", default=None, help=cache_help)
     a.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    a.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads (default 1)")
+    a.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="torch threads (default: unchanged)")
     a.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -145,7 +146,8 @@ def run_cli(
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.images is not None:
         try:
             return _audit_images(args, model_loader)

@@ -105,7 +105,7 @@ def _read(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except OSError as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
 
