@@ -448,6 +448,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
         backward_rule: Optional[str] = None,
+        aug_smooth: bool = False,
     ) -> Tensor:
         r"""Conceptor-CAM maps; arguments and output as :meth:`CamAttribution.attribute`.
 
@@ -462,5 +463,5 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
 
         return self.base.attribute_in_chunks(
             raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
-            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule, aug_smooth,
         )["cam"]  # fmt: skip

@@ -4,38 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from captum_cam_ext._engine import CamAttribution, GradientCamAttribution, spatial_dims
-from captum_cam_ext._linalg import eigh
+from captum_cam_ext._linalg import first_component_weights
 from captum_cam_ext.registry import register_method
-
-
-def first_component_weights(values: Tensor) -> Tensor:
-    """Channel weights ``(N, K, 1, ...)``: the first right singular vector of the centred
-    position-by-channel matrix of ``values`` ``(N, K, *S)``, batched.
-
-    Computed from the smaller of the two Gram matrices with one batched ``eigh`` in float64
-    (``P x P`` when there are fewer positions ``P`` than channels ``K``, as at CNN heads), which
-    is much cheaper than an SVD of the ``P x K`` matrix. The sign of a singular vector is
-    arbitrary; we fix it so that the projection's largest absolute value is positive (the map
-    highlights the dominant pattern, not its negative).
-    """
-    n, k = values.shape[:2]
-    x = values.reshape(n, k, -1).transpose(1, 2).double()  # (N, P, K)
-    x = torch.nan_to_num(x - x.mean(dim=1, keepdim=True))
-    if x.shape[1] < k:
-        _, vecs = eigh(x @ x.transpose(1, 2))  # (N, P, P), ascending eigenvalues
-        v = torch.einsum("npk,np->nk", x, vecs[:, :, -1])
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-    else:
-        _, vecs = eigh(x.transpose(1, 2) @ x)  # (N, K, K)
-        v = vecs[:, :, -1]
-    proj = torch.einsum("npk,nk->np", x, v)
-    idx = proj.abs().argmax(dim=1, keepdim=True)
-    sign = torch.sign(proj.gather(1, idx)).clamp_min(0) * 2 - 1
-    return (v * sign).to(values.dtype).reshape(n, k, *([1] * (values.dim() - 2)))
 
 
 def _centred_sum(weighted: Tensor) -> Tensor:

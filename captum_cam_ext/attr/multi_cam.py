@@ -15,6 +15,7 @@ from captum_cam_ext._engine import (
     TargetSpec,
     TensorOrTuple,
 )
+from captum_cam_ext._linalg import first_component_projection
 from captum_cam_ext.registry import canonical_method_name, method_class, method_kind, methods
 
 MethodSpec = Union[str, Type[CamAttribution]]
@@ -95,18 +96,22 @@ class MultiCam(GradientCamAttribution):
         )
         return self._maps_of(record)
 
-    def _maps_of(self, record: Any) -> Dict[str, List[Tensor]]:
+    def _maps_of(self, record: Any, eigen_smooth: bool = False) -> Dict[str, List[Tensor]]:
         out: Dict[str, List[Tensor]] = {}
         for name, m in self.methods.items():
             maps = []
             for u, (a, g) in enumerate(zip(record.activations, record.gradients[0])):
-                cam = m.fuse(a, m.cam_weights(a, g))
+                w = m.cam_weights(a, g)
+                cam = first_component_projection(m.contributions(a, w)) if eigen_smooth else m.fuse(a, w)
                 maps.append(cam.reshape(cam.shape[0], 1) if record.flat[u] else cam)
             out[name] = maps
         return out
 
-    def _maps(self, tup: Any, args: Any, target: TargetSpec, to_input: bool, rule: str) -> Dict[str, List[Tensor]]:
-        return self._maps_of(self._record(tup, args, [target], to_input, rule, with_gradients=True))
+    def _maps_fn(self, eigen_smooth: bool) -> Callable[..., Dict[str, List[Tensor]]]:
+        def maps(tup: Any, args: Any, target: TargetSpec, to_input: bool, rule: str) -> Dict[str, List[Tensor]]:
+            return self._maps_of(self._record(tup, args, [target], to_input, rule, with_gradients=True), eigen_smooth)
+
+        return maps
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -121,11 +126,14 @@ class MultiCam(GradientCamAttribution):
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
         backward_rule: Optional[str] = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ) -> Dict[str, MapsOrTuple]:  # type: ignore[override]
         """Same arguments as :meth:`CamAttribution.attribute`; returns ``{name: maps}``."""
         return self.attribute_in_chunks(
-            self._maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
-            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+            self._maps_fn(eigen_smooth), inputs, target, additional_forward_args, attribute_to_layer_input,
+            relu_attributions, upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+            aug_smooth,
         )  # fmt: skip
 
 
