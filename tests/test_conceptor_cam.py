@@ -156,7 +156,17 @@ def test_sum_and_or_not_combinations():
         combine="sum",
     )
     assert negonly.shape == (2, 1, 3, 3)
-    assert torch.isfinite(sm).all()
+    # sum, by hand: C+ from ReLU(w) A, C- from ReLU(-w) A, trace-normalised spatial correlations,
+    # conceptors R (R + a^-2 I)^-1 at apertures 2.0 / 0.5, s = ((C+ + I - C-) / 2) m
+    eye = torch.eye(9, dtype=D)
+    for i in range(2):
+        zp = (torch.relu(w[i]) * A[i]).reshape(6, 9)
+        zn = (torch.relu(-w[i]) * A[i]).reshape(6, 9)
+        rp, rn = zp.T @ zp, zn.T @ zn
+        rp, rn = rp / torch.trace(rp), rn / torch.trace(rn)
+        cp = rp @ torch.linalg.inv(rp + 2.0**-2 * eye)
+        cn = rn @ torch.linalg.inv(rn + 0.5**-2 * eye)
+        torch.testing.assert_close(sm[i], ((cp + eye - cn) / 2) @ m[i], rtol=1e-9, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +315,16 @@ def test_callable_target_needs_no_classes():
 
     out = LayerConceptorCam(model, layer, negatives="channels").attribute(x, target=tgt)
     assert out.shape == (2, 1, 8, 8)
+    # a callable selecting class 1 explains exactly what target=1 explains
+    torch.testing.assert_close(out, LayerConceptorCam(model, layer, negatives="channels").attribute(x, target=1))
+    contrast = LayerConceptorCam(model, layer, negatives="none", aperture=math.inf, positive_data="signed")
+    base = LayerGradCam(model, layer)
+    torch.testing.assert_close(  # the projector limit reduces to the base CAM, for callables too
+        contrast.attribute(x, target=lambda o: o[:, 1] - o[:, 0]),
+        base.attribute(x, target=lambda o: o[:, 1] - o[:, 0]),
+        atol=1e-5,
+        rtol=1e-4,
+    )
     with pytest.raises(ValueError, match="class-index targets"):
         LayerConceptorCam(model, layer, negatives="classes").attribute(x, target=tgt)
 

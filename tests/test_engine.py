@@ -153,12 +153,18 @@ def test_several_layers_are_fused_after_upsampling_and_per_layer_normalisation()
     torch.manual_seed(5)
     m = torchvision.models.resnet18(num_classes=3).eval()
     x = torch.randn(2, 3, 64, 64)
-    both = cce.LayerGradCam(m, [m.layer3, m.layer4]).attribute(x, target=0, relu_attributions=True)
+    both = cce.LayerGradCam(m, [m.layer3, m.layer4]).attribute(x, target=0)
     assert both.shape == (2, 1, 4, 4)  # the larger layer's grid
-    l3 = cce.LayerGradCam(m, m.layer3).attribute(x, target=0, relu_attributions=True)
-    l4 = cce.LayerGradCam(m, m.layer4).attribute(x, target=0, relu_attributions=True)
-    expected = (cce.normalize_maps(l3) + cce.normalize_maps(cce.upsample_maps(l4, (4, 4)))) / 2
+    l3 = cce.LayerGradCam(m, m.layer3).attribute(x, target=0)
+    l4 = cce.LayerGradCam(m, m.layer4).attribute(x, target=0)
+    # non-trivial maps on different scales, so that each step of the fusion matters
+    assert float(l3.std()) > 0 and float(l4.std()) > 0
+    assert not torch.allclose(l3.abs().amax(), l4.abs().amax(), rtol=0.5)
+    up4 = cce.upsample_maps(l4, (4, 4))
+    expected = (cce.normalize_maps(l3) + cce.normalize_maps(up4)) / 2
     torch.testing.assert_close(both, expected)
+    assert not torch.allclose(both, cce.normalize_maps(l3 + up4) / 1, atol=1e-3)  # no per-layer normalisation
+    assert not torch.allclose(both, (cce.normalize_maps(l3) + cce.normalize_maps(l4).mean()) / 2, atol=1e-3)
 
 
 def test_attribute_to_layer_input():

@@ -28,7 +28,7 @@ from captum_cam_ext._engine import (
     warn_train_mode_once,
 )
 
-__all__ = ["PerturbationCamAttribution", "check_batch_size", "example_target", "target_scores"]
+__all__ = ["PerturbationCamAttribution", "check_batch_size", "example_target", "score_dtype", "target_scores"]
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -49,11 +49,16 @@ def example_target(target: TargetSpec, i: int) -> TargetSpec:
     return target
 
 
+def score_dtype(outputs: Tensor) -> torch.dtype:
+    """float64 for float64 outputs, else float32 (half / bfloat16 scores are compared in float32)."""
+    return torch.float64 if outputs.dtype == torch.float64 else torch.float32
+
+
 def target_scores(outputs: Tensor, target: TargetSpec) -> Tensor:
     """Scores ``(b, T)`` of one example's perturbed copies: ``T`` classes, or one column."""
     if isinstance(target, Tensor) and target.dim() == 1:
-        return outputs[:, target.to(outputs.device)].float()
-    return select_target_scores(outputs, target).float()[:, None]
+        return outputs[:, target.to(outputs.device)].to(score_dtype(outputs))
+    return select_target_scores(outputs, target).to(score_dtype(outputs))[:, None]
 
 
 class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
@@ -130,8 +135,8 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
         """Target scores ``(N, T)`` of the unperturbed pass."""
         outputs = record.outputs
         if isinstance(target, Tensor) and target.dim() == 2:
-            return outputs.gather(1, target.to(outputs.device)).float()
-        return select_target_scores(outputs, target).float()[:, None]
+            return outputs.gather(1, target.to(outputs.device)).to(score_dtype(outputs))
+        return select_target_scores(outputs, target).to(score_dtype(outputs))[:, None]
 
     def _target_for(self, record: LayerRecord) -> TargetSpec:
         if len(record.targets) == 1:
