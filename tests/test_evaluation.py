@@ -19,11 +19,12 @@ from captum_cam_ext import LayerGradCam
 from captum_cam_ext.attr.grad_cam import LayerGradCam as GradCamBase
 from captum_cam_ext.evaluation import (
     ExactDistributedSampler,
+    compare,
     evaluate,
     make_method,
     results_markdown,
 )
-from captum_cam_ext.metrics import confidence_metrics, deletion_auc
+from captum_cam_ext.metrics import confidence_metrics, deletion_auc, maps_to_masks, paired_comparison
 from captum_cam_ext.metrics.registry import metric_specs
 from captum_cam_ext.registry import methods, register_method, unregister_method
 
@@ -103,6 +104,87 @@ def test_road_in_evaluate_follows_the_example_not_the_batch():
     assert list(pe) == ["road_morf", "road_combined"]  # report order of the registry
     torch.testing.assert_close(pe["road_combined"], ref.combined.double(), rtol=0, atol=1e-6)
     torch.testing.assert_close(pe["road_morf"], ref.morf.double(), rtol=0, atol=1e-6)
+
+
+def test_controls_and_comparisons():
+    model, ds = _build()
+    x, _ = ds.tensors
+    pred = model(x).argmax(1)
+    metrics = ("average_drop", "average_increase", "deletion_auc")
+    res = evaluate(model, model[3], ["gradcam", "gradcam++"], ds, batch_size=5, metrics=metrics, controls=True,
+                   n_boot=500)
+    rows = list(res.means)
+    assert rows[:2] == ["gradcam", "gradcam++"] and len(rows) == 2 + 4
+    matched, blur, const, rand = rows[2:]
+    assert matched.startswith("gradcam**") and matched.endswith("(area of gradcam++)")
+    assert blur.startswith("blur(gradcam") and const.startswith("constant") and rand == "random (seed 0)"
+    assert list(res.per_example["gradcam"]) == ["average_drop", "average_increase", "mask_area", "deletion_auc"]
+    # the matched power reaches gradcam++'s mean area (histogram solver: to its binning error)
+    assert res.means[matched]["mask_area"] == pytest.approx(res.means["gradcam++"]["mask_area"], abs=2e-3)
+    # constant and random controls sit at the base's mean area
+    assert res.means[const]["mask_area"] == pytest.approx(res.means["gradcam"]["mask_area"], abs=1e-3)
+    assert res.means[rand]["mask_area"] == pytest.approx(res.means["gradcam"]["mask_area"], abs=2e-3)
+    # the matched row is exactly the metrics of the base's masks raised to the solved power
+    p = float(matched.split("**")[1].split(" ")[0])
+    maps = LayerGradCam(model, model[3]).attribute(x, target=pred, relu_attributions=True)
+    masks = maps_to_masks(maps, (12, 12))
+    got = res.per_example[matched]["average_drop"]
+    p_exact = float(res.controls[matched].split("** ")[1].split(":")[0])
+    assert p == pytest.approx(p_exact, abs=5e-3)
+    ref = confidence_metrics(model, x, masks.pow(p_exact), target=pred, normalize="none")
+    torch.testing.assert_close(got, ref.drop.double(), rtol=1e-4, atol=1e-3)
+    # comparisons: each method against the base, each method against its matched power,
+    # the base against the other controls; on every metric
+    pairs = [(c.a, c.b) for c in res.comparisons if c.metric == "average_drop"]
+    assert pairs == [("gradcam++", "gradcam"), ("gradcam++", matched), ("gradcam", blur), ("gradcam", const),
+                     ("gradcam", rand)]
+    row = next(c for c in res.comparisons if c.a == "gradcam++" and c.b == "gradcam" and c.metric == "deletion_auc")
+    direct = paired_comparison(res.per_example["gradcam++"]["deletion_auc"], res.per_example["gradcam"]["deletion_auc"],
+                               higher_is_better=False, n_boot=500)
+    assert (row.ci_low, row.ci_high, row.win_rate) == (direct.ci_low, direct.ci_high, direct.win_rate)
+    md = results_markdown(res)
+    assert "control: constant" in md and "Paired comparisons" in md and "mask_area (fraction, descriptive)" in md
+    d = res.to_dict()
+    json.dumps(d)
+    assert d["comparisons"][0]["verdict"] in ("gradcam++ better", "gradcam better", "not resolved")
+    # the random control follows the example: another batch size gives the same values
+    res2 = evaluate(model, model[3], ["gradcam"], ds, batch_size=8, metrics=("average_drop",), controls=True,
+                    control_options={"powers": (), "blur_sigma": 0, "constant": False}, comparisons=False)
+    assert list(res2.controls) == [rand] and res2.comparisons == []
+    single = evaluate(model, model[3], ["gradcam"], ds, batch_size=5, metrics=("average_drop",), controls=True,
+                      control_options={"powers": (), "blur_sigma": 0, "constant": False}, comparisons=False)
+    torch.testing.assert_close(res2.per_example[rand]["average_drop"], single.per_example[rand]["average_drop"])
+    with pytest.raises(ValueError, match="control options"):
+        evaluate(model, model[3], ["gradcam"], ds, controls=True, control_options={"sigma": 2})
+    with pytest.raises(ValueError, match="control base"):
+        evaluate(model, model[3], ["gradcam"], ds, controls=True, control_options={"base": "scorecam"})
+    with pytest.raises(ValueError, match="unknown rows"):
+        evaluate(model, model[3], ["gradcam"], ds, comparisons=[("gradcam", "scorecam")])
+
+
+def test_compare_entry_point(capsys):
+    model, ds = _build()
+    res = compare(model, model[3], "gradcam++", "power", ds, base="gradcam", metrics=("average_drop",), n_boot=500)
+    out = capsys.readouterr().out
+    first = res.comparisons[0]
+    assert first.a == "gradcam++" and first.b.endswith("(area of gradcam++)")
+    assert [c.metric for c in res.comparisons] == ["average_drop", "mask_area"]
+    assert abs(res.comparisons[1].mean_diff) < 2e-3  # matched area
+    assert "Paired comparisons" in out and "| average_drop | gradcam++ |" in out
+    res = compare(model, model[3], "gradcam", "power:0.5", ds, metrics=("average_drop",), n_boot=500, verbose=False)
+    assert res.comparisons[0].b == "gradcam**0.5"
+    assert res.comparisons[1].mean_diff < 0  # gradcam's mask is smaller than its square root's
+    res = compare(model, model[3], "gradcam", "scorecam", ds, metrics=("deletion_auc",), n_boot=500, verbose=False)
+    assert [(c.a, c.b, c.metric) for c in res.comparisons] == [("gradcam", "scorecam", "deletion_auc")]
+    for b in ("constant", "random", "blur:2"):
+        res = compare(model, model[3], "gradcam", b, ds, metrics=("average_drop",), n_boot=500, verbose=False)
+        assert res.comparisons[0].b in res.controls
+    with pytest.raises(ValueError, match="base"):
+        compare(model, model[3], "gradcam", "power", ds, verbose=False)
+    with pytest.raises(ValueError, match="number"):
+        compare(model, model[3], "gradcam", "power:x", ds, verbose=False)
+    with pytest.raises(ValueError, match="both"):
+        compare(model, model[3], "gradcam", "gradcam", ds, verbose=False)
 
 
 def test_label_target_and_errors():
@@ -187,7 +269,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
             model, ds = build()
             res = evaluate(model, model[3], {METHODS!r}, ds, batch_size=4,
-                           metrics={METRICS!r}, causal_steps=6)
+                           metrics={METRICS!r}, causal_steps=6, controls=True, n_boot=500)
             assert res.world_size == int(os.environ["WORLD_SIZE"])
             with open(sys.argv[1] + os.environ["RANK"], "w") as fh:
                 json.dump(res.to_dict(), fh)
@@ -204,11 +286,16 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, ds = _build()
-    one = evaluate(model, model[3], METHODS, ds, batch_size=4, metrics=METRICS, causal_steps=6)
+    one = evaluate(model, model[3], METHODS, ds, batch_size=4, metrics=METRICS, causal_steps=6, controls=True,
+                   n_boot=500)
+    assert len(one.controls) == 5  # 2 matched powers, blur, constant, random
     for rank in (0, 1):
         two = json.loads(Path(f"{out}{rank}").read_text())
         assert two["world_size"] == 2 and two["n"] == 21
-        for m in METHODS:
+        assert list(two["controls"]) == list(one.controls)  # same solved powers from the reduced histograms
+        assert [c["ci_low"] for c in two["comparisons"]] == pytest.approx([c.ci_low for c in one.comparisons],
+                                                                          abs=1e-6)
+        for m in METHODS + list(one.controls):
             for k in METRICS:
                 assert two["counts"][m][k] == 21
                 assert two["means"][m][k] == pytest.approx(one.means[m][k], abs=1e-6)

@@ -434,12 +434,12 @@ def _insertion_for_evaluate(
 
 register_metric(
     "deletion_auc", higher_is_better=False, unit="AUC", group="deletion", compute=_deletion_for_evaluate,
-    label="Del", decimals=4,
+    label="Del", position=20, decimals=4,
     description="area under the target probability while the most salient pixels are zeroed; ranking only",
 )  # fmt: skip
 register_metric(
     "insertion_auc", higher_is_better=True, unit="AUC", group="insertion", compute=_insertion_for_evaluate,
-    label="Ins", decimals=4,
+    label="Ins", position=21, decimals=4,
     description="area under the target probability while salient pixels are restored onto a blurred "
     "canvas; ranking only",
 )  # fmt: skip

@@ -308,23 +308,23 @@ def _compute_for_evaluate(
 
 register_metric(
     "average_drop", higher_is_better=False, unit="%", group="confidence", compute=_compute_for_evaluate,
-    label="AD", default=True,
+    label="AD", position=10, default=True,
     description="relative drop of the target probability when the input is multiplied by the map; "
     "rewards large maps",
 )  # fmt: skip
 register_metric(
     "average_increase", higher_is_better=True, unit="%", group="confidence", compute=_compute_for_evaluate,
-    label="AI", default=True,
+    label="AI", position=11, default=True,
     description="share of examples whose target probability rises on the masked input; rewards large maps",
 )  # fmt: skip
 register_metric(
     "average_gain", higher_is_better=True, unit="%", group="confidence", compute=_compute_for_evaluate,
-    label="AG", default=True,
+    label="AG", position=12, default=True,
     description="relative gain of the target probability on the masked input; rewards large maps",
 )  # fmt: skip
 register_metric(
     "mask_area", higher_is_better=None, unit="fraction", group="confidence", compute=_compute_for_evaluate,
-    label="area", decimals=3, companion=True,
+    label="area", position=13, decimals=3, companion=True,
     description="mean of the normalised, upsampled map that multiplies the input; AD/AI/AG reward a large "
     "area, so read them next to it",
 )  # fmt: skip

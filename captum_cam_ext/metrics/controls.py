@@ -28,6 +28,7 @@ distribution of mask values so that ``p`` is solved for the whole dataset from o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -40,6 +41,8 @@ from captum_cam_ext.metrics.causal import gaussian_blur
 __all__ = [
     "CONTROL_KINDS",
     "AreaHistogram",
+    "ControlSpec",
+    "DatasetControls",
     "area_controls",
     "blur_control",
     "constant_control",
@@ -360,3 +363,183 @@ def area_controls(
             r = r.pow(solve_power(r, base_area, clamp=True))
         out[f"random (seed {seed})"] = r
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# controls over a dataset walked in batches (evaluate)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One control row: how to turn a batch of base masks into control masks.
+
+    Attributes
+    ----------
+    name : str
+        Row name, e.g. ``"gradcam**0.52 (area of conceptor)"``.
+    kind : str
+        One of :data:`CONTROL_KINDS`.
+    param : float
+        The power ``p`` (power), ``sigma`` in pixels (blur), the value (constant), or the power
+        applied to the random masks (random).
+    description : str
+        One line for reports (what it is, and the area it was matched to).
+    """
+
+    name: str
+    kind: str
+    param: float
+    description: str
+
+
+class DatasetControls:
+    """Matched-area controls for a dataset seen batch by batch (what ``evaluate(controls=True)`` uses).
+
+    Pass 1: :meth:`observe` every method's maps of every batch (the mean mask area of each method,
+    and the value distributions of the base's masks and of the random masks). Between the passes:
+    sum :meth:`state` across processes and :meth:`load_state` it, then :meth:`specs` solves the
+    powers for the whole dataset. Pass 2: :meth:`masks` builds a control's masks for a batch from
+    the base's maps of that batch.
+
+    Parameters
+    ----------
+    base : str
+        The row whose maps the controls are built from.
+    normalize, interpolate_mode : str
+        How maps become masks (those of the confidence metrics).
+    match : sequence of str, optional
+        Rows whose mean mask area a power of the base is matched to (default: every other row).
+    powers : sequence of float
+        Fixed powers of the base.
+    blur_sigma : float, optional
+        In pixels; default one cell of the base map (input height / map height); 0 = no blur.
+    constant, random : bool
+        Include the constant (base's area) and the seeded random (base's area) controls.
+    seed : int
+        Seed of the random control (per example: ``(seed, dataset index)``).
+    bins : int
+        Histogram bins (see :class:`AreaHistogram`).
+    """
+
+    def __init__(
+        self,
+        base: str,
+        *,
+        normalize: Optional[str] = "after_upsample",
+        interpolate_mode: str = "bilinear",
+        match: Optional[Sequence[str]] = None,
+        powers: Sequence[float] = (),
+        blur_sigma: Optional[float] = None,
+        constant: bool = True,
+        random: bool = True,
+        seed: int = 0,
+        bins: int = 4096,
+    ) -> None:
+        self.base = base
+        self.normalize = normalize
+        self.interpolate_mode = interpolate_mode
+        self.match = list(match) if match is not None else None
+        self.powers = [_check_p(p) for p in powers]
+        self.blur_sigma = blur_sigma
+        self.constant = constant
+        self.random = random
+        self.seed = int(seed)
+        self.base_hist = AreaHistogram(bins)
+        self.random_hist = AreaHistogram(bins)
+        self.area_sums: Dict[str, float] = {}
+        self.area_counts: Dict[str, float] = {}
+        self.map_size: Optional[Tuple[int, int]] = None
+        self.input_size: Optional[Tuple[int, int]] = None
+
+    def base_masks(self, maps: Tensor, size: Sequence[int]) -> Tensor:
+        """The base's masks of a batch (as the confidence metrics build them)."""
+        return prepare_masks(check_maps(maps, maps.shape[0]), _check_size(size), self.normalize, self.interpolate_mode)
+
+    def _random(self, indices: Sequence[int], size: Tuple[int, int]) -> Tensor:
+        return random_control(indices, size, map_size=self.map_size, seed=self.seed,
+                              interpolate_mode=self.interpolate_mode)  # fmt: skip
+
+    def observe(self, row: str, maps: Tensor, size: Sequence[int], indices: Sequence[int]) -> None:
+        """Record a batch of one row's maps (``indices``: the examples' dataset indices)."""
+        big = _check_size(size)
+        masks = self.base_masks(maps, big)
+        self.area_sums[row] = self.area_sums.get(row, 0.0) + float(masks.double().flatten(1).mean(1).sum())
+        self.area_counts[row] = self.area_counts.get(row, 0.0) + masks.shape[0]
+        if row == self.base:
+            self.map_size = (int(maps.shape[-2]), int(maps.shape[-1]))
+            self.input_size = big
+            self.base_hist.update(masks)
+            if self.random:
+                self.random_hist.update(self._random(list(indices), big))
+
+    def rows(self) -> List[str]:
+        """Rows observed, in order."""
+        return list(self.area_sums)
+
+    def state(self) -> Tensor:
+        """Everything observed as one float64 vector (sum it across processes)."""
+        rows = self.rows()
+        areas = [v for r in rows for v in (self.area_sums[r], self.area_counts[r])]
+        return torch.cat([self.base_hist.as_tensor(), self.random_hist.as_tensor(),
+                          torch.tensor(areas, dtype=torch.float64)])  # fmt: skip
+
+    def load_state(self, vec: Tensor) -> None:
+        """Replace the observations by ``vec`` (the sum of every process's :meth:`state`)."""
+        k = 2 * self.base_hist.bins + 2
+        self.base_hist = AreaHistogram.from_tensor(vec[:k])
+        self.random_hist = AreaHistogram.from_tensor(vec[k : 2 * k])
+        rest = vec[2 * k :].tolist()
+        for i, r in enumerate(self.rows()):
+            self.area_sums[r], self.area_counts[r] = rest[2 * i], rest[2 * i + 1]
+
+    def mean_area(self, row: str) -> float:
+        """Mean mask area of an observed row."""
+        if not self.area_counts.get(row):
+            raise ValueError(f"no maps of {row!r} were observed")
+        return self.area_sums[row] / self.area_counts[row]
+
+    def specs(self) -> List[ControlSpec]:
+        """The control rows, with their powers solved over everything observed."""
+        if self.base not in self.area_sums or self.input_size is None or self.map_size is None:
+            raise ValueError(f"the base {self.base!r} was not observed; observe() its maps first")
+        b, base_area = self.base, self.mean_area(self.base)
+        out: List[ControlSpec] = []
+        match = self.match if self.match is not None else [r for r in self.rows() if r != b]
+        for row in match:
+            area = self.mean_area(row)
+            p = self.base_hist.solve_power(area, clamp=True)
+            reached = self.base_hist.area(p)
+            note = "" if abs(reached - area) < 1e-3 else f"; not reachable, nearest {reached:.3f}"
+            out.append(ControlSpec(f"{b}**{p:.2f} (area of {row})", "power", p,
+                                   f"{b} ** {p:.4g}: same ranking as {b}, mean mask area matched to {row}'s "
+                                   f"{area:.3f}{note}"))  # fmt: skip
+        for p in self.powers:
+            out.append(ControlSpec(f"{b}**{p:g}", "power", p,
+                                   f"{b} ** {p:g}: same ranking, mean area {self.base_hist.area(p):.3f}"))  # fmt: skip
+        sigma = self.blur_sigma if self.blur_sigma is not None else self.input_size[0] / self.map_size[0]
+        if sigma:
+            out.append(ControlSpec(f"blur({b}, {sigma:g}px)", "blur", float(sigma),
+                                   f"Gaussian blur of {b}'s mask, sigma {sigma:g} px, renormalised"))  # fmt: skip
+        if self.constant:
+            out.append(ControlSpec(f"constant {base_area:.3f}", "constant", base_area,
+                                   f"every pixel {base_area:.3f} ({b}'s mean area): area without ranking"))  # fmt: skip
+        if self.random:
+            pr = self.random_hist.solve_power(base_area, clamp=True)
+            out.append(ControlSpec(f"random (seed {self.seed})", "random", pr,
+                                   f"seeded smooth random map at {self.map_size[0]}x{self.map_size[1]} ** {pr:.3g}, "
+                                   f"matched to {b}'s mean area {base_area:.3f}"))  # fmt: skip
+        return out
+
+    def masks(self, spec: ControlSpec, base_maps: Tensor, size: Sequence[int], indices: Sequence[int]) -> Tensor:
+        """The control's masks ``(B, 1, H, W)`` for a batch whose base maps are ``base_maps``."""
+        big = _check_size(size)
+        if spec.kind == "power":
+            return self.base_masks(base_maps, big).pow(spec.param)
+        if spec.kind == "blur":
+            return blur_control(self.base_masks(base_maps, big), spec.param)
+        if spec.kind == "constant":
+            return constant_control(base_maps.shape[0], big, spec.param, device=base_maps.device)
+        if spec.kind == "random":
+            return self._random(list(indices), big).pow(spec.param).to(base_maps.device)
+        raise ValueError(f"unknown control kind {spec.kind!r}; one of {CONTROL_KINDS}")

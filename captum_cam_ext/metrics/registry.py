@@ -75,6 +75,8 @@ class MetricSpec:
         next to Average Drop/Increase/Gain).
     default : bool
         Part of :func:`default_metric_names` (``evaluate``'s default selection).
+    position : float
+        Sort key of the report order (ties: registration order).
     """
 
     name: str
@@ -87,6 +89,7 @@ class MetricSpec:
     decimals: int = 2
     companion: bool = False
     default: bool = False
+    position: float = math.inf
 
     @property
     def direction(self) -> str:
@@ -119,6 +122,7 @@ def register_metric(
     decimals: int = 2,
     companion: bool = False,
     default: bool = False,
+    position: Optional[float] = None,
 ) -> MetricSpec:
     """Register a metric; returns its :class:`MetricSpec`.
 
@@ -136,6 +140,9 @@ def register_metric(
         Shared computation; defaults to ``name``.
     label, description, decimals, companion, default
         See :class:`MetricSpec`.
+    position : float, optional
+        Place in the report order (the package uses 10-19 for the confidence metrics, 20-29 for
+        deletion / insertion, 30-39 for ROAD); default: after everything registered so far.
 
     Raises
     ------
@@ -171,8 +178,12 @@ def register_metric(
         decimals=decimals,
         companion=companion,
         default=default,
+        position=float(position) if position is not None else 1000.0 + len(_SPECS),
     )
     _SPECS[name] = spec
+    ordered = sorted(_SPECS.items(), key=lambda kv: kv[1].position)  # stable: ties keep registration order
+    _SPECS.clear()
+    _SPECS.update(ordered)
     return spec
 
 

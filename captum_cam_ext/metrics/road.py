@@ -591,17 +591,17 @@ def _road_for_evaluate(
 
 register_metric(
     "road_morf", higher_is_better=False, unit="score change", group="road", compute=_road_for_evaluate,
-    label="ROAD MoRF", decimals=4,
+    label="ROAD MoRF", position=30, decimals=4,
     description="score change when the most salient pixels are removed and linearly imputed (mean over "
     "percentiles); ranking only",
 )  # fmt: skip
 register_metric(
     "road_lerf", higher_is_better=True, unit="score change", group="road", compute=_road_for_evaluate,
-    label="ROAD LeRF", decimals=4,
+    label="ROAD LeRF", position=31, decimals=4,
     description="score change when the least salient pixels are removed and imputed; ranking only",
 )  # fmt: skip
 register_metric(
     "road_combined", higher_is_better=True, unit="score change", group="road", compute=_road_for_evaluate,
-    label="ROAD", decimals=4,
+    label="ROAD", position=32, decimals=4,
     description="(LeRF - MoRF) / 2: how much more the least than the most salient pixels can be removed",
 )  # fmt: skip
