@@ -25,7 +25,6 @@ members: :meth:`~CamAttribution.record`, :meth:`~CamAttribution.compute`,
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -1192,19 +1191,3 @@ class GradientCamAttribution(CamAttribution, GradientAttribution):
     ) -> None:
         CamAttribution.__init__(self, forward_func, layer, device_ids, reshape_transform, trim_graph, layer_call)
         GradientAttribution.__init__(self, forward_func)
-
-
-def warn_train_mode_once(owner: Any, model: Any, what: str) -> None:
-    """Warn (once per attribution object) that a train-mode model mixes the perturbed copies' batch statistics."""
-    if getattr(owner, "_warned_train_mode", False) or not isinstance(model, nn.Module):
-        return
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
-        warnings.warn(
-            f"{what} runs the model on batches of perturbed copies while it is in train() mode: its BatchNorm "
-            "layers normalise each batch with that batch's own statistics, so the copies influence each other "
-            "and the weights depend on batch_size. Call model.eval() first for the method's usual definition "
-            "(the running statistics are left unchanged either way).",
-            UserWarning,
-            stacklevel=3,
-        )
-        owner._warned_train_mode = True

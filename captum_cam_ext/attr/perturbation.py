@@ -12,11 +12,12 @@ A method overrides :meth:`PerturbationCamAttribution.example_scores`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from captum.attr._utils.attribution import PerturbationAttribution
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_cam_ext._engine import (
     CamAttribution,
@@ -25,7 +26,6 @@ from captum_cam_ext._engine import (
     TargetSpec,
     select_target_scores,
     slice_args,
-    warn_train_mode_once,
 )
 
 __all__ = ["PerturbationCamAttribution", "check_batch_size", "example_target", "score_dtype", "target_scores"]
@@ -89,6 +89,7 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
         )
         PerturbationAttribution.__init__(self, forward_func)
         self.batch_size = check_batch_size(batch_size)
+        self._warned_train_mode = False
 
     @property
     def multiplies_by_inputs(self) -> bool:  # Captum's PerturbationAttribution property
@@ -151,7 +152,7 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
     ) -> List[List[Tensor]]:
         if record.tuple_output:
             raise ValueError(f"{type(self).__name__} needs a layer with one tensor output, not a tuple")
-        warn_train_mode_once(self, self.forward_func, type(self).__name__)
+        self._warn_train_mode_once()
         target = self._target_for(record)
         clean = self.clean_scores(record, target)
         n = inputs[0].shape[0]
@@ -182,6 +183,21 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
             ]
             for t in range(clean.shape[1])
         ]
+
+    def _warn_train_mode_once(self) -> None:
+        model = self.forward_func
+        if self._warned_train_mode or not isinstance(model, nn.Module):
+            return
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
+            warnings.warn(
+                f"{type(self).__name__} runs the model on batches of perturbed copies while it is in train() mode: "
+                "its BatchNorm layers normalise each batch with that batch's own statistics, so the copies "
+                "influence each other and the weights depend on batch_size. Call model.eval() first for the "
+                "method's usual definition (the running statistics are left unchanged either way).",
+                UserWarning,
+                stacklevel=4,
+            )
+            self._warned_train_mode = True
 
     @staticmethod
     def chunks(count: int, size: int) -> Sequence[Tuple[int, int]]:
