@@ -79,6 +79,7 @@ def audit_paper(progress: bool) -> None:
                 with torch.no_grad():
                     acc = float((model(pairs.images).argmax(1) == pairs.labels).float().mean())
                 blob = {"per_image": audit.per_image, "seconds": audit.seconds,
+                        "skipped": audit.skipped,
                         "targets": audit.targets, "labels": pairs.labels,
                         "accuracy": acc, "blindness": vars(blind), "train": info,
                         "hidden_share": audit.hidden_share, "wall_seconds": time.perf_counter() - t0}
@@ -140,7 +141,12 @@ def audit_real(progress: bool) -> None:
                     continue
                 t0 = time.perf_counter()
                 audit = measure_leakage(model, layer, images, REAL_HIDDEN, methods=[cls],
-                                        batch=8, method_batch_size=64)
+                                        batch=8, method_batch_size=64, skip_inapplicable=True)
+                if cls.__name__ in audit.skipped:
+                    torch.save({"skipped": audit.skipped[cls.__name__]}, path)
+                    print(f"real {mname} {dataset} {name}: skipped ({audit.skipped[cls.__name__]})",
+                          flush=True)
+                    continue
                 torch.save({"per_image": audit.per_image[cls.__name__],
                             "targets": audit.targets, "seconds": time.perf_counter() - t0,
                             "n": int(images.shape[0])}, path)
@@ -266,12 +272,16 @@ def paper_section(res: dict) -> list:
                 f"{_f(st['diff'])} [{_f(st['diff_ci'][0])}, {_f(st['diff_ci'][1])}] | "
                 f"{_f(pm['blind_mean'])} | {100 * ap['blind_mean']:.1f}% |")
         lines.append("")
+    skipped = {m: r for b in res.values() for m, r in b.get("skipped", {}).items()}
+    if skipped:
+        lines += ["Not applicable to these models (skipped): " + "; ".join(
+            f"{k} ({v})" for k, v in skipped.items()) + ".", ""]
     return lines
 
 
 def load_real() -> dict:
     """``{(model, dataset, method): blob}`` and the blindness proofs."""
-    out: dict = {"proofs": {}, "audits": {}}
+    out: dict = {"proofs": {}, "audits": {}, "skipped": {}}
     for dataset in REAL_SETS:
         proof = CACHE / f"blind_real_proof_{dataset}.pt"
         if proof.is_file():
@@ -281,7 +291,11 @@ def load_real() -> dict:
             if model not in ("blind", "original"):
                 continue
             method = path.stem[len(f"blind_real_{model}_{dataset}_"):]
-            out["audits"][(model, dataset, method)] = torch.load(path, weights_only=False)
+            blob = torch.load(path, weights_only=False)
+            if "skipped" in blob:
+                out.setdefault("skipped", {})[method] = blob["skipped"]
+                continue
+            out["audits"][(model, dataset, method)] = blob
     return out
 
 
@@ -354,6 +368,9 @@ def real_section(real: dict) -> list:
                 f"{_f(st.get('diff', float('nan')))} [{_f(dci[0])}, {_f(dci[1])}] | "
                 f"{_f(pm['blind_mean'])} | {100 * ap['blind_mean']:.1f}% |")
         lines.append("")
+    if real.get("skipped"):
+        lines += ["Not applicable to these models (skipped): " + "; ".join(
+            f"{k} ({v})" for k, v in real["skipped"].items()) + ".", ""]
     return lines
 
 

@@ -179,9 +179,10 @@ def test_bench_quick(tmp_path, capsys):
 
 
 def test_walls_audit_delegates(capsys):
-    # a bad value is reported by the walls CLI itself (proves the arguments reach it) as exit 2
+    # a bad value is reported by the walls CLI itself (proves the arguments reach it) as exit 2,
+    # under the name the user typed
     assert main(["walls", "audit", "--n-test", "0"]) == 2
-    assert "n_test must be a positive int" in capsys.readouterr().err
+    assert "captum-cam-ext walls audit: error: argument --n-test: must be >= 1" in capsys.readouterr().err
 
 
 def test_target_by_class_name_and_torchscript_refusal(photo_dir, tmp_path, capsys):
@@ -243,3 +244,220 @@ def test_a_method_registered_in_a_test_is_offered_and_runs_through_explain(photo
     gradcam = saved["gradcam"] / float(saved["gradcam"].max())
     assert (gradcam - expected / scale).abs().max() > 0.05  # a different method, not Grad-CAM again
     assert (out / "chelsea_maxgradcam.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10: the command line and packaging
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_line_error(err: str) -> str:
+    """The stderr of a user error: exactly one 'error: ...' line (warnings aside), no escape codes."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "\x1b" not in err and "Traceback" not in err
+    return lines[0]
+
+
+def _fmnist_or_skip():
+    from captum_cam_ext.data import fashion_mnist_available, load_fashion_mnist
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST files not installed")
+    return load_fashion_mnist("test")
+
+
+def test_evaluate_fashion_mnist_works_with_a_torchvision_model_and_states_the_conversion(tmp_path, capsys):
+    import torch.nn.functional as F
+    import torchvision
+
+    from captum_cam_ext.cli.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from captum_cam_ext.metrics import confidence_metrics
+
+    images, labels = _fmnist_or_skip()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    weights = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--dataset", "fashion-mnist", "--model", "resnet18", "--weights", str(weights),
+                 "--size", "64", "--limit", "3", "--target", "label", "--out", str(out), "--no-progress",
+                 "--per-example"]) == 0
+    stated = ("Fashion-MNIST 28x28 grayscale -> model input 3x64x64: grayscale replicated to 3 channels, "
+              "bilinear resize 28x28 -> 64x64, ImageNet mean/std")
+    assert f"input: {stated}" in capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert data["n"] == 3 and data["input"] == stated and stated in (out / "results.md").read_text()
+    # the same numbers from the stated conversion, done by hand
+    gray = torch.from_numpy(images[:3]).float().div(255)[:, None]
+    x = F.interpolate(gray, size=(64, 64), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    x = (x.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD).view(1, 3, 1, 1)
+    target = torch.from_numpy(labels[:3])
+    maps = LayerGradCam(model, model.layer4).attribute(x, target=target, relu_attributions=True)
+    drop = confidence_metrics(model, x, maps, target=target).drop
+    assert data["per_example"]["gradcam"]["average_drop"] == pytest.approx(drop.tolist(), abs=1e-3)
+
+
+def test_preprocessing_fashion_mnist_is_honoured_for_torchvision_models():
+    from captum_cam_ext.cli import load_model
+    from captum_cam_ext.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+    img = np.arange(28 * 28, dtype=np.int64).reshape(28, 28).__mod__(256).astype(np.uint8)
+    lm = load_model("resnet18", size=28, preprocessing="fashion-mnist", quiet=True)
+    expected = ((torch.from_numpy(img).float() / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD)
+    torch.testing.assert_close(lm.preprocess(img), expected.expand(1, 3, 28, 28))
+    # and back: the display is the image itself
+    assert np.array_equal(lm.display(lm.preprocess(img))[..., 0], img)
+
+
+def test_out_naming_an_existing_file_is_a_one_line_error(photo_dir, tmp_path, capsys):
+    afile = tmp_path / "results.txt"
+    afile.write_text("keep me")
+    assert main(["explain", str(photo_dir / "chelsea.png"), "--out", str(afile)]) == 2
+    assert "is an existing file" in _one_line_error(capsys.readouterr().err)
+    assert main(["evaluate", str(photo_dir), "--out", str(afile / "sub")]) == 2
+    assert "is an existing file" in _one_line_error(capsys.readouterr().err)
+    assert afile.read_text() == "keep me"
+
+
+def test_a_whole_model_pickle_given_as_weights_says_to_pass_it_as_model(photo_dir, tmp_path, capsys):
+    whole = tmp_path / "whole.pt"
+    torch.save(_tiny_model(in_ch=3), whole)
+    assert main(["explain", str(photo_dir), "--model", "resnet18", "--weights", str(whole),
+                 "--out", str(tmp_path / "o")]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "not a state_dict" in line and f"--model {whole}" in line and "torch.nn.modules" in line
+    # following the advice works
+    assert main(["explain", str(photo_dir / "chelsea.png"), "--model", str(whole), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_weights_of_another_architecture_name_the_mismatch_in_one_line(photo_dir, tmp_path, capsys):
+    import torchvision
+
+    path = tmp_path / "sq.pth"
+    torch.save({"state_dict": torchvision.models.squeezenet1_1().state_dict()}, path)
+    assert main(["explain", str(photo_dir), "--model", "resnet18", "--weights", str(path),
+                 "--out", str(tmp_path / "o")]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "does not fit resnet18" in line and "missing" in line and "conv1.weight" in line
+
+
+def test_size_is_refused_for_efficientnet_lite0_and_honoured_for_torchvision(photo_dir, tmp_path, capsys):
+    from captum_cam_ext.cli import load_model, read_image
+
+    assert main(["explain", str(photo_dir), "--model", "efficientnet_lite0", "--size", "160",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "224x224 inputs only" in _one_line_error(capsys.readouterr().err)
+    lm = load_model("resnet18", size=96, quiet=True)
+    assert lm.preprocess(read_image(photo_dir / "chelsea.png")).shape == (1, 3, 96, 96)
+    assert main(["explain", str(photo_dir), "--model", "resnet18", "--size", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--size must be a positive integer" in _one_line_error(capsys.readouterr().err)
+
+
+def _tiny_vit() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                               hidden_dim=16, mlp_dim=32, num_classes=5).eval()
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts the head at zero: no gradient at all
+    return vit
+
+
+def test_vit_defaults_to_the_last_blocks_layernorm_with_tokens_as_a_grid(photo_dir, tmp_path, capsys):
+    from captum_cam_ext.cli import load_model, read_image
+
+    model = _tiny_vit()
+    path = tmp_path / "vit.pt"
+    torch.save(model, path)
+    out = tmp_path / "o"
+    assert main(["explain", str(photo_dir / "chelsea.png"), "--model", str(path), "--target", "3",
+                 "--method", "gradcam,scorecam", "--out", str(out)]) == 0
+    assert "--reshape vit" in capsys.readouterr().out
+    saved = torch.load(out / "maps.pt", weights_only=False)
+    assert saved["layer"] == "encoder.layers.encoder_layer_1.ln_1" and saved["reshape"] == "vit"
+    x = load_model(str(path)).preprocess(read_image(photo_dir / "chelsea.png"))
+
+    def grid(t):  # (1, 1 + 16, 16) -> (1, 16, 4, 4), the class token dropped
+        return t[:, 1:, :].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    ref = LayerGradCam(model, model.encoder.layers.encoder_layer_1.ln_1, reshape_transform=grid).attribute(
+        x, target=3, relu_attributions=True)
+    assert saved["images"]["chelsea"]["maps"]["gradcam"].shape == (1, 4, 4)
+    torch.testing.assert_close(saved["images"]["chelsea"]["maps"]["gradcam"], ref[0])
+    assert float(ref.abs().max()) > 0
+    # a method without token layouts, and a token layout on a non-token layer: one-line errors
+    assert main(["explain", str(photo_dir), "--model", str(path), "--method", "ablationcam",
+                 "--out", str(out)]) == 2
+    assert "does not support token layouts" in _one_line_error(capsys.readouterr().err)
+    assert main(["explain", str(photo_dir), "--model", str(path), "--layer", "conv_proj", "--reshape", "vit",
+                 "--out", str(out)]) == 2
+    assert "expects token outputs" in _one_line_error(capsys.readouterr().err)
+    assert main(["explain", str(photo_dir), "--model", str(path), "--size", "64", "--out", str(out)]) == 2
+    assert "32x32 inputs only" in _one_line_error(capsys.readouterr().err)
+
+
+def test_torchvision_vit_b_16_gets_the_token_layout_and_its_default_layer():
+    from captum_cam_ext.cli import CliError, load_model, resolve_layer
+
+    lm = load_model("vit_b_16", quiet=True)
+    assert (lm.default_layer, lm.token_layout) == ("encoder.layers.encoder_layer_11.ln_1", "vit")
+    assert resolve_layer(lm.model, None, lm.default_layer)[0] is lm.model.encoder.layers[-1].ln_1
+    assert lm.preprocessing.size == 224
+    with pytest.raises(CliError, match="224x224 inputs only"):
+        load_model("vit_b_16", size=160, quiet=True)
+
+
+def test_user_errors_are_one_line_with_exit_status_2(photo_dir, tmp_path, capsys):
+    model_file = tmp_path / "tiny.pt"
+    torch.save(_tiny_model(in_ch=3), model_file)
+    cases = [
+        (["explain", str(photo_dir), "--model", "resnet181"], "Did you mean"),
+        (["explain", str(photo_dir), "--model", str(model_file), "--layer", "9"], "unknown layer"),
+        (["explain", str(photo_dir), "--model", str(model_file), "--method", "gradcam,foo"], "unknown method"),
+        (["explain", str(photo_dir), "--model", str(model_file), "--target", "99"], "out of range"),
+        (["evaluate", str(photo_dir), "--model", str(model_file), "--metrics", "accuracy"], "unknown metric"),
+        (["evaluate", str(photo_dir), "--model", str(model_file), "--target", "label"], "--target label"),
+        (["bench", "--model", str(model_file), "--repeats", "0"], "positive"),
+    ]
+    for argv, msg in cases:
+        extra = [] if argv[0] == "bench" else ["--out", str(tmp_path / "o"), "--no-progress"]
+        assert main(argv + extra) == 2, argv
+        assert msg in _one_line_error(capsys.readouterr().err), argv
+
+
+def test_explain_help_says_torchscript_files_are_refused(capsys, tmp_path, photo_dir):
+    from captum_cam_ext.cli import build_parser
+
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["explain"].format_help().split())
+    assert "TorchScript / torch.save" not in help_text  # the old claim
+    assert "TorchScript files are refused" in help_text
+    import warnings
+
+    with warnings.catch_warnings():  # and the claim holds: a TorchScript file is refused
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_tiny_model(in_ch=3)), str(tmp_path / "ts.pt"))
+    assert main(["explain", str(photo_dir), "--model", str(tmp_path / "ts.pt"), "--out", str(tmp_path)]) == 2
+    assert "do not support the forward hooks" in _one_line_error(capsys.readouterr().err)
+
+
+def test_the_wheel_ships_py_typed(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "captum_cam_ext", src / "captum_cam_ext",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "--no-index", "-q", "-w", str(tmp_path / "dist"), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "captum_cam_ext/py.typed" in names and "captum_cam_ext/cli/__init__.py" in names
+    entry = [n for n in names if n.endswith("entry_points.txt")]
+    assert "captum-cam-ext = captum_cam_ext.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

@@ -307,3 +307,27 @@ def test_package_cli_lends_its_model_loading_to_walls_audit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "error: refusing to audit: the model can see the hidden region" in err
     assert "max |output change| = " in err
+
+
+def test_registered_methods_that_do_not_apply_are_skipped_and_listed():
+    from captum_cam_ext.registry import register_method, unregister_method
+
+    class LayerNeedsAHead(LayerGradCam):
+        name = "needs_a_head_test"
+
+        def __init__(self, forward_func, layer, **kw):  # noqa: ANN001, ANN003
+            raise ValueError("this model has no single nn.Linear head\nsecond line")
+
+    register_method(LayerNeedsAHead)
+    try:
+        torch.manual_seed(0)
+        net = SplitTrunkBlindNet().eval()
+        x = torch.randn(2, 1, 56, 28)
+        audit = audit_model(net, net.features, x, 28)  # every registered method
+        assert audit.skipped["LayerNeedsAHead"] == "ValueError: this model has no single nn.Linear head"
+        assert "LayerNeedsAHead" not in audit.per_image and "LayerGradCam" in audit.per_image
+        assert "LayerNeedsAHead (ValueError: this model has no single" in audit.markdown()
+        with pytest.raises(ValueError, match="no single nn.Linear head"):  # asked for: raised
+            audit_model(net, net.features, x, 28, methods=["needs_a_head_test"])
+    finally:
+        unregister_method("needs_a_head_test")

@@ -162,7 +162,9 @@ def methods_at_init(
     are no competitor classes).  ``cam_kwargs`` maps a method (canonical name, alias or class
     name) to extra constructor arguments.  Methods that are not of the ``"shared_pass"`` kind
     (perturbation and composite methods, see :func:`captum_cam_ext.registry.method_kind`) use
-    ``n_samples_perturbation`` draws.
+    ``n_samples_perturbation`` draws.  With the default ``methods``, a registered method that does
+    not apply to the masked CNN (it raises while built or run, e.g. a method that needs an
+    ``nn.Linear`` head) gets a row with ``skipped`` (the reason) instead of numbers.
 
     Returns
     -------
@@ -170,6 +172,7 @@ def methods_at_init(
         ``method``, ``leak_mc``, ``leak_se``, ``leak_theory`` (or None), ``p_pos_mc`` (mean share
         of draws with a positive value on the masked rows), ``n_samples``.
     """
+    skip = methods is None
     if methods is None:
         methods = registered_cams()
     kwargs = {"conceptor": {"negatives": "channels"}}
@@ -181,8 +184,16 @@ def methods_at_init(
     out = []
     for i, meth in enumerate(methods):
         n = n_samples if method_kind(meth) == "shared_pass" else n_samples_perturbation
-        res = an.monte_carlo(x, n, seed=seed + 17 * i, method=meth,
-                             cam_kwargs=kwargs.get(method_key(meth)))
+        try:
+            res = an.monte_carlo(x, n, seed=seed + 17 * i, method=meth,
+                                 cam_kwargs=kwargs.get(method_key(meth)))
+        except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
+            if not skip:
+                raise
+            lines = str(exc).strip().splitlines()
+            out.append(dict(method=meth.__name__, skipped=f"{type(exc).__name__}: "
+                            f"{lines[0] if lines else ''}", n_samples=0))
+            continue
         m = an.masked_mask
         out.append(dict(method=meth.__name__, leak_mc=res.leak_mean, leak_se=res.leak_stderr,
                         leak_theory=res.leak_expected, p_pos_mc=float(res.positive_rate[m].mean()),
@@ -227,6 +238,9 @@ def methods_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     lines = ["| method | draws | leak MC ± SE | leak theory | P(>0) on masked rows, MC |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['method']} | - | not applicable: {r['skipped']} | - | - |")
+            continue
         lines.append(f"| {r['method']} | {r['n_samples']} | {_f(r['leak_mc'])} ± "
                      f"{_f(r['leak_se'])} | {_f(r['leak_theory'])} | {_f(r['p_pos_mc'], 3)} |")
     return "\n".join(lines)

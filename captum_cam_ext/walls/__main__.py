@@ -139,10 +139,16 @@ def run_cli(
     Returns
     -------
     int
-        0 on success, 2 for a user error (printed as one ``error: ...`` line), including a model
-        that can see the hidden rows.
+        0 on success, 2 for a user error (a bad argument: argparse's usage and error lines; any
+        other: one ``error: ...`` line), including a model that can see the hidden rows.
+        ``--help`` exits with ``SystemExit(0)`` as usual.
     """
-    args = build_parser(prog).parse_args(argv)
+    try:
+        args = build_parser(prog).parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage and the error (or the help: code 0)
+        if exc.code in (0, None):
+            raise
+        return 2
 
     import torch
 

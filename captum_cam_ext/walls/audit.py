@@ -29,6 +29,7 @@ from captum_cam_ext.metrics.leakage import (
 from captum_cam_ext.registry import methods as registered_methods
 from captum_cam_ext.walls.cache import walls_cache_dir
 from captum_cam_ext.walls.datasets import StackedPairs, stacked_fashion_mnist
+from captum_cam_ext.walls.model_audit import SKIPPABLE, skip_reason
 from captum_cam_ext.walls.models import DenseWallNet, SplitTrunkBlindNet, paper_wall_net
 
 __all__ = ["DATASETS", "MODEL_KINDS", "default_methods", "train_blind_model", "audit_pairs",
@@ -225,7 +226,8 @@ def audit_pairs(
     pairs : StackedPairs
         The images (targets are the model's predicted classes, as in the paper).
     methods : sequence of CAM classes, optional
-        Default :func:`default_methods`.
+        Default :func:`default_methods`; then a registered method that does not apply to the
+        model (raises while built or run) is skipped and listed under ``skipped``.
     keep_maps : int
         Keep the first ``keep_maps`` maps of every method (for figures).
 
@@ -239,6 +241,7 @@ def audit_pairs(
         resolution for the split model, where the unseen part is exact; on the upsampled map for
         the dense model).
     """
+    skip = methods is None
     if methods is None:
         methods = default_methods()
     feat_row, in_row = _unseen(model)
@@ -246,12 +249,19 @@ def audit_pairs(
     was_training = model.training
     model.eval()
     results: Dict[str, Any] = {"accuracy": _accuracy(model, pairs), "n": len(pairs),
-                               "methods": {}}
+                               "methods": {}, "skipped": {}}
     bar = _tqdm(total=len(methods), desc=f"audit {pairs.mode}", disable=not progress)
     try:
         for meth in methods:
             t0 = time.perf_counter()
-            maps, _ = _maps(meth, model, pairs.images, batch)
+            try:
+                maps, _ = _maps(meth, model, pairs.images, batch)
+            except SKIPPABLE as exc:  # a registered method that does not apply to this model
+                if not skip:
+                    raise
+                results["skipped"][meth.__name__] = skip_reason(exc)
+                bar.update(1)
+                continue
             if feat_row is not None:
                 un: Union[int, Tensor] = feat_row
                 lay = maps
@@ -301,6 +311,9 @@ def audit_markdown(results: Dict[str, Dict[str, Any]]) -> str:
                 f"{_fmt(e['positive_mass'])} | {100 * e['any_positive']['mean']:.1f}% | "
                 f"{e['mean_ratio']['median']:.3f} | {e['seconds']:.1f} |"
             )
+        if res.get("skipped"):
+            lines += ["", "Not applicable to this model (skipped): " + "; ".join(
+                f"{k} ({v})" for k, v in res["skipped"].items()) + "."]
         lines.append("")
     return "\n".join(lines)
 

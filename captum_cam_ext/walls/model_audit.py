@@ -35,7 +35,8 @@ from captum_cam_ext.walls.blindness import (
     hidden_mask,
 )
 
-__all__ = ["LEAKAGE_METRICS", "WallAudit", "audit_model", "measure_leakage"]
+__all__ = ["LEAKAGE_METRICS", "SKIPPABLE", "WallAudit", "audit_model", "measure_leakage",
+           "skip_reason"]
 
 #: Per-image metrics of :func:`measure_leakage`, with their meaning (0 is faithful for all four).
 LEAKAGE_METRICS: Dict[str, str] = {
@@ -66,6 +67,9 @@ class WallAudit:
         Wall time per method.
     maps : dict
         The first ``keep_maps`` layer-resolution maps per method.
+    skipped : dict
+        ``{method: reason}`` for registered methods that do not apply to this model (e.g. a method
+        that needs a single fully connected head), when they were skipped rather than raised.
     """
 
     per_image: Dict[str, Dict[str, Tensor]]
@@ -74,6 +78,7 @@ class WallAudit:
     blindness: Optional[BlindnessReport] = None
     seconds: Dict[str, float] = field(default_factory=dict)
     maps: Dict[str, Tensor] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)
 
     @property
     def constant_map_ratio(self) -> float:
@@ -107,6 +112,9 @@ class WallAudit:
                 f"{s['positive_mass']['mean']:.3f} ± {s['positive_mass']['std']:.3f} | "
                 f"{100 * s['any_positive']['mean']:.1f}% | {self.seconds.get(name, 0.0):.1f} |"
             )
+        if self.skipped:
+            lines += ["", "Not applicable to this model (skipped): " + "; ".join(
+                f"{k} ({v})" for k, v in self.skipped.items()) + "."]
         return "\n".join(lines)
 
 
@@ -129,6 +137,16 @@ def _build(cls: type, model: nn.Module, layer: nn.Module, batch_size: Optional[i
         return cls(model, layer, **cam_kwargs)
 
 
+#: Errors that mean "this method does not apply to this model" when methods are skipped.
+SKIPPABLE = (ValueError, TypeError, NotImplementedError, RuntimeError)
+
+
+def skip_reason(exc: BaseException) -> str:
+    """``"<ExceptionType>: <first line>"`` for a skipped method."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
 def _predicted(model: nn.Module, images: Tensor, batch: int) -> Tensor:
     with torch.no_grad():
         return torch.cat([model(images[i : i + batch]).argmax(1)
@@ -147,6 +165,7 @@ def measure_leakage(
     cam_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
     keep_maps: int = 0,
     progress: bool = False,
+    skip_inapplicable: Optional[bool] = None,
 ) -> WallAudit:
     """Every method's saliency in the hidden region, per image (no blindness check).
 
@@ -175,11 +194,17 @@ def measure_leakage(
         Keep the first ``keep_maps`` layer-resolution maps of every method.
     progress : bool
         Print one line per method.
+    skip_inapplicable : bool, optional
+        Skip (and list in ``WallAudit.skipped``) a method whose construction or ``attribute``
+        raises a ``ValueError`` / ``TypeError`` / ``NotImplementedError`` / ``RuntimeError`` for
+        this model, instead of raising.  Default: True when ``methods`` is None (every registered
+        method, some of which need a particular architecture), else False.
 
     Returns
     -------
     WallAudit
     """
+    skip = methods is None if skip_inapplicable is None else bool(skip_inapplicable)
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] < 1:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a non-empty tensor (N, C, H, W), got {shape}")
@@ -199,12 +224,18 @@ def measure_leakage(
         for cls in classes:
             t0 = time.perf_counter()
             ckw = kwargs.get(cls.__name__.lower(), kwargs.get(getattr(cls, "name", ""), {}))
-            cam = _build(cls, model, layer, method_batch_size, ckw)
-            maps = torch.cat([
-                cam.attribute(images[i : i + batch], target=targets[i : i + batch],
-                              relu_attributions=True).detach().float()
-                for i in range(0, images.shape[0], batch)
-            ])
+            try:
+                cam = _build(cls, model, layer, method_batch_size, ckw)
+                maps = torch.cat([
+                    cam.attribute(images[i : i + batch], target=targets[i : i + batch],
+                                  relu_attributions=True).detach().float()
+                    for i in range(0, images.shape[0], batch)
+                ])
+            except SKIPPABLE as exc:
+                if not skip:
+                    raise
+                audit.skipped[cls.__name__] = skip_reason(exc)
+                continue
             audit.per_image[cls.__name__] = _metrics(maps, mask, size)
             audit.seconds[cls.__name__] = time.perf_counter() - t0
             if keep_maps:
@@ -243,13 +274,14 @@ def audit_model(
     keep_maps: int = 0,
     progress: bool = False,
     seed: int = 0,
+    skip_inapplicable: Optional[bool] = None,
 ) -> WallAudit:
     """Prove ``model`` is blind to ``hidden`` on ``images``, then measure every CAM's leakage there.
 
     Parameters
     ----------
     model, layer, images, hidden, methods, target, batch, method_batch_size, cam_kwargs,
-    keep_maps, progress :
+    keep_maps, progress, skip_inapplicable :
         See :func:`measure_leakage`.
     seed : int
         Seed of the blindness check's random changes.
@@ -292,6 +324,6 @@ def audit_model(
             report,
         )
     audit = measure_leakage(model, layer, images, mask, methods, target, batch,
-                            method_batch_size, cam_kwargs, keep_maps, progress)
+                            method_batch_size, cam_kwargs, keep_maps, progress, skip_inapplicable)
     audit.blindness = report
     return audit
