@@ -60,3 +60,26 @@ __all__ = [
     "select_target_scores",
     "upsample_maps",
 ]
+
+# issue 16: the methods and targets of pytorch-grad-cam and torchcam (appended)
+from captum_cam_ext import targets  # noqa: E402
+from captum_cam_ext.attr import (  # noqa: E402
+    LayerFem,
+    LayerFinerCam,
+    LayerGapCam,
+    LayerGradCamElementWise,
+    LayerKpcaCam,
+    LayerRandomCam,
+    LayerShapleyCam,
+)
+
+__all__ += [
+    "LayerFem",
+    "LayerFinerCam",
+    "LayerGapCam",
+    "LayerGradCamElementWise",
+    "LayerKpcaCam",
+    "LayerRandomCam",
+    "LayerShapleyCam",
+    "targets",
+]

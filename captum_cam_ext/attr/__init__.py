@@ -33,3 +33,22 @@ __all__ = [
     "MultiCam",
     "PerturbationCamAttribution",
 ]
+
+# issue 16: the methods of pytorch-grad-cam and torchcam (appended: existing order kept)
+from captum_cam_ext.attr.grad_cam_elementwise import LayerGradCamElementWise
+from captum_cam_ext.attr.shapley_cam import LayerShapleyCam
+from captum_cam_ext.attr.finer_cam import LayerFinerCam
+from captum_cam_ext.attr.fem import LayerFem
+from captum_cam_ext.attr.kpca_cam import LayerKpcaCam
+from captum_cam_ext.attr.gap_cam import LayerGapCam
+from captum_cam_ext.attr.random_cam import LayerRandomCam
+
+__all__ += [
+    "LayerFem",
+    "LayerFinerCam",
+    "LayerGapCam",
+    "LayerGradCamElementWise",
+    "LayerKpcaCam",
+    "LayerRandomCam",
+    "LayerShapleyCam",
+]
