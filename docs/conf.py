@@ -35,7 +35,13 @@ napoleon_use_rtype = False
 napoleon_use_ivar = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {
+    "members": True,
+    "show-inheritance": True,
+    # every class page shows the engine's attribute / compute / record with their parameters, but not
+    # what Captum's and torch's base classes define
+    "inherited-members": "LayerAttribution,GradientAttribution,PerturbationAttribution,Module,object",
+}
 # Captum's Attribution.attribute is a typed property; do not re-document torch/captum bases
 autodoc_inherit_docstrings = True
 
