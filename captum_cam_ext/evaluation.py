@@ -349,7 +349,7 @@ def _control_batches(
         local.indices.append(idx.cpu())
         for spec in specs:
             t0 = time.perf_counter()
-            masks = controls.masks(spec, base_maps.to(device), x.shape[-2:], idx.tolist()).to(x.dtype)
+            masks = controls.masks(spec, base_maps.to(device), x.shape[-2:], idx.tolist())
             local.seconds[spec.name] += time.perf_counter() - t0
             for m, v in _metric_values(groups, as_is, model, x, masks, tgt, idx).items():
                 local.values[spec.name][m].append(v)

@@ -63,6 +63,11 @@ def test_power_keeps_the_ranking_and_solves_a_closed_form():
     ranked = pw.flatten(1).gather(1, order)  # the power's values in the base's order never decrease
     assert bool((ranked[:, 1:] >= ranked[:, :-1]).all())
     assert bool((pw >= masks).all())  # p < 1 enlarges
+    # float64 powers keep the ranking exactly: the ranking metrics give identical values
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 3))
+    x = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(9))
+    base = deletion_auc(model, x, masks.double(), n_steps=32)
+    torch.testing.assert_close(deletion_auc(model, x, pw, n_steps=32), base, rtol=0, atol=0)
     # unreachable areas: above the share of pixels > 0, below the share equal to 1
     with pytest.raises(ValueError, match="no power"):
         solve_power(m, 0.9)
@@ -154,6 +159,6 @@ def test_blur_and_area_controls():
     assert float(ctl[names[0]].mean()) == pytest.approx(0.6, abs=1e-6)
     assert float(ctl[names[3]].mean()) == pytest.approx(base_area, abs=1e-6)
     assert float(ctl[names[4]].mean()) == pytest.approx(base_area, abs=1e-6)
-    torch.testing.assert_close(ctl[names[1]], masks.sqrt())
+    torch.testing.assert_close(ctl[names[1]], masks.double().sqrt())
     with pytest.raises(ValueError, match="indices"):
         area_controls(masks, indices=[1, 2])

@@ -191,7 +191,11 @@ def compute_attributions(
 
 
 def check_maps(maps: Any, n: int, channel_reduction: Optional[str] = None) -> Tensor:
-    """Validate maps of shape (n, 1, h, w) / (n, h, w) / (n, C, h, w) and return (n, 1, h, w) float."""
+    """Validate maps of shape (n, 1, h, w) / (n, h, w) / (n, C, h, w) and return (n, 1, h, w).
+
+    float64 maps stay float64 (their ranking is kept exactly, e.g. powers of masks); every other
+    dtype becomes float32.
+    """
     if not isinstance(maps, Tensor):
         raise TypeError(f"attributions must be a torch.Tensor, got {type(maps).__name__}")
     if maps.dim() == 3:
@@ -221,7 +225,7 @@ def check_maps(maps: Any, n: int, channel_reduction: Optional[str] = None) -> Te
     if not bool(torch.isfinite(maps).all()):
         bad = (~torch.isfinite(maps)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"attributions contain NaN or Inf values (examples {bad}); fix or drop those maps")
-    return maps.float()
+    return maps if maps.dtype == torch.float64 else maps.float()
 
 
 def prepare_masks(maps: Tensor, size: Tuple[int, int], normalize: Optional[str], interpolate_mode: str) -> Tensor:

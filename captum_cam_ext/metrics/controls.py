@@ -122,8 +122,12 @@ def _check_p(p: float) -> float:
 
 
 def power_control(masks: Tensor, p: float) -> Tensor:
-    """``masks ** p``: the same ranking of pixels (zeros stay zero, ones stay one), another area."""
-    return _check_masks(masks).pow(_check_p(p))
+    """``masks ** p`` in float64: the same ranking of pixels (zeros stay zero, ones stay one), another area.
+
+    float64 keeps distinct values distinct (in float32 a power can round neighbours together and
+    create ties that reorder pixels in the ranking metrics).
+    """
+    return _check_masks(masks).double().pow(_check_p(p))
 
 
 def power_area(masks: Tensor, p: float) -> Tensor:
@@ -344,9 +348,9 @@ def area_controls(
     out: Dict[str, Tensor] = {}
     for name, a in (areas or {}).items():
         p = solve_power(m, float(a), clamp=clamp)
-        out[f"{base_name}**{p:.2f} (area of {name})"] = m.pow(p)
+        out[f"{base_name}**{p:.2f} (area of {name})"] = power_control(m, p)
     for p in powers:
-        out[f"{base_name}**{_check_p(p):g}"] = m.pow(float(p))
+        out[f"{base_name}**{_check_p(p):g}"] = power_control(m, float(p))
     if blur_sigma is None:
         blur_sigma = big_h / map_size[0] if map_size is not None else big_h / 7
     if blur_sigma:
@@ -360,7 +364,7 @@ def area_controls(
             raise ValueError(f"indices has {len(idx)} entries for {n} masks")
         r = random_control(idx, (big_h, big_w), map_size=map_size, seed=seed).to(m.device)
         if match_random_area:
-            r = r.pow(solve_power(r, base_area, clamp=True))
+            r = power_control(r, solve_power(r, base_area, clamp=True))
         out[f"random (seed {seed})"] = r
     return out
 
@@ -453,8 +457,16 @@ class DatasetControls:
         self.input_size: Optional[Tuple[int, int]] = None
 
     def base_masks(self, maps: Tensor, size: Sequence[int]) -> Tensor:
-        """The base's masks of a batch (as the confidence metrics build them)."""
-        return prepare_masks(check_maps(maps, maps.shape[0]), _check_size(size), self.normalize, self.interpolate_mode)
+        """The base's masks of a batch (as the confidence metrics build them), in float64.
+
+        The maps are upsampled in their own precision (as the ranking metrics rank the base) and
+        normalised in float64, so the masks rank the pixels exactly as the base's maps do.
+        """
+        m = check_maps(maps, maps.shape[0])
+        big = _check_size(size)
+        if self.normalize == "after_upsample":
+            return normalize_maps(upsample_maps(m, big, self.interpolate_mode).double(), eps=0)
+        return prepare_masks(m.double(), big, self.normalize, self.interpolate_mode)
 
     def _random(self, indices: Sequence[int], size: Tuple[int, int]) -> Tensor:
         return random_control(indices, size, map_size=self.map_size, seed=self.seed,
@@ -534,12 +546,12 @@ class DatasetControls:
     def masks(self, spec: ControlSpec, base_maps: Tensor, size: Sequence[int], indices: Sequence[int]) -> Tensor:
         """The control's masks ``(B, 1, H, W)`` for a batch whose base maps are ``base_maps``."""
         big = _check_size(size)
-        if spec.kind == "power":
+        if spec.kind == "power":  # in float64: distinct mask values stay distinct, the ranking stays exact
             return self.base_masks(base_maps, big).pow(spec.param)
         if spec.kind == "blur":
             return blur_control(self.base_masks(base_maps, big), spec.param)
         if spec.kind == "constant":
             return constant_control(base_maps.shape[0], big, spec.param, device=base_maps.device)
         if spec.kind == "random":
-            return self._random(list(indices), big).pow(spec.param).to(base_maps.device)
+            return self._random(list(indices), big).double().pow(spec.param).to(base_maps.device)
         raise ValueError(f"unknown control kind {spec.kind!r}; one of {CONTROL_KINDS}")

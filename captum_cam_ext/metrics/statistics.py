@@ -192,8 +192,12 @@ class PairedComparison:
 
     @property
     def resolved(self) -> bool:
-        """True when the interval excludes 0 (the data resolve the sign of the difference)."""
-        return self.ci_low > 0 or self.ci_high < 0
+        """True when the interval excludes 0 (the data resolve the sign of the difference).
+
+        Differences within float rounding, ``1e-6 * max(1, |mean_a|, |mean_b|)``, count as 0.
+        """
+        tol = 1e-6 * max(1.0, abs(self.mean_a), abs(self.mean_b))
+        return self.ci_low > tol or self.ci_high < -tol
 
     @property
     def verdict(self) -> str:
@@ -201,9 +205,10 @@ class PairedComparison:
         descriptive metric ``"a larger"`` / ``"a smaller"``."""
         if not self.resolved:
             return "not resolved"
+        positive = self.ci_low > 0
         if self.higher_is_better is None:
-            return f"{self.a} larger" if self.ci_low > 0 else f"{self.a} smaller"
-        a_better = (self.ci_low > 0) == self.higher_is_better
+            return f"{self.a} larger" if positive else f"{self.a} smaller"
+        a_better = positive == self.higher_is_better
         return f"{self.a} better" if a_better else f"{self.b} better"
 
     def to_dict(self) -> Dict[str, Any]:
