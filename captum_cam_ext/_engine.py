@@ -743,8 +743,8 @@ class CamAttribution(LayerAttribution):
             calls = [rec.calls(i) for i in range(len(self.layers))]
             units, values = self._units(raw)
             if grads_wanted:
-                roots = [v if isinstance(v, list) else [v] for v in values]
-                flat_roots = [r for rs in roots for r in rs]
+                unit_roots: List[List[Tensor]] = [v if isinstance(v, list) else [v] for v in values]
+                flat_roots = [r for rs in unit_roots for r in rs]
                 for t, target in enumerate(targets):
                     scores = select_target_scores(outputs, target)
                     if not scores.requires_grad:
@@ -762,7 +762,7 @@ class CamAttribution(LayerAttribution):
                             "between the layer and the output, or the output does not use the layer)"
                         )
                     it = iter(got)
-                    gradients.append([torch.cat([next(it) for _ in rs]) for rs in roots])  # type: ignore[misc]
+                    gradients.append([torch.cat([next(it) for _ in rs]) for rs in unit_roots])  # type: ignore[misc]
                     if self.needs_graph:
                         graph_gradients.append(list(got))  # type: ignore[arg-type]
         acts = [torch.cat([r.detach() for r in v]) if isinstance(v, list) else v.detach() for v in values]
@@ -776,9 +776,9 @@ class CamAttribution(LayerAttribution):
             [self.to_maps(g.detach(), lay).to(d) for g, lay, d in zip(gs, layer_of, dtype_of)] for gs in gradients
         ]
         indices = [resolve_target(out_detached, t) if self._has_class_index(out_detached, t) else None for t in targets]
-        roots = flat_roots if self.needs_graph else []
+        kept_roots = flat_roots if self.needs_graph else []
         return LayerRecord(
-            canon_acts, canon_grads, out_detached, targets, indices, units, flat, calls, roots, graph_gradients
+            canon_acts, canon_grads, out_detached, targets, indices, units, flat, calls, kept_roots, graph_gradients
         )
 
     @staticmethod

@@ -285,6 +285,9 @@ def test_a_layer_with_tuple_outputs_gives_one_map_per_tensor_like_captum():
     multi = cce.MultiCam(m, m.pair, methods=["gradcam"]).attribute(x, target=1, internal_batch_size=1)
     for g, r in zip(multi["gradcam"], ref):
         torch.testing.assert_close(g, r.detach())
+    for negatives in ("both", "channels"):
+        with pytest.raises(ValueError, match="tuple"):
+            cce.LayerConceptorCam(m, m.pair, negatives=negatives, k=1).attribute(x, target=1)
 
 
 def test_float64_models_give_float64_maps():

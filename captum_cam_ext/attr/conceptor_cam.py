@@ -397,8 +397,6 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         details = base.compute(inputs, target, args, to_input, backward_rule)
         if self._uses_classes:
             self._competitors(details[0].outputs, details[0].target)  # raises: no class index
-        if len(details) > 1 and len(base.layers) == 1:
-            raise ValueError("Conceptor-CAM needs a layer with one tensor output, not a tuple")
         return [(d.activations, d.weights, d.cam, []) for d in details]
 
     def _fuse_all(
@@ -459,9 +457,14 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
             ``upsample_to_input=True``.
         """
         def raw_maps(tup: Tuple[Tensor, ...], args: Any, target: TargetSpec, to_input: bool, rule: str) -> RawMaps:
-            return {"cam": self._fuse_all(self._gather(tup, args, target, to_input, rule))}
+            gathered = self._gather(tup, args, target, to_input, rule)
+            if len(gathered) != len(self.base.layers):
+                raise ValueError("Conceptor-CAM needs layers with one tensor output each, not a tuple of tensors")
+            return {"cam": self._fuse_all(gathered)}
 
-        return self.base.attribute_in_chunks(
+        maps = self.base.attribute_in_chunks(
             raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
             upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule, aug_smooth,
         )["cam"]  # fmt: skip
+        assert isinstance(maps, Tensor)  # tuple-output layers are refused in raw_maps
+        return maps

@@ -175,10 +175,10 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
                     )
                 scores = torch.stack(rows).to(torch.float64 if acts.dtype == torch.float64 else torch.float32)
                 per_unit.append(self.scores_to_weights(scores, clean.to(scores.dtype)))
-        acts = record.activations
+        units = record.activations
         return [
             [
-                w[:, :, t].reshape(*w.shape[:2], *([1] * (acts[u].dim() - 2))).to(acts[u].dtype)
+                w[:, :, t].reshape(*w.shape[:2], *([1] * (units[u].dim() - 2))).to(units[u].dtype)
                 for u, w in enumerate(per_unit)
             ]
             for t in range(clean.shape[1])
