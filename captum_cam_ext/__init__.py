@@ -68,9 +68,12 @@ from captum_cam_ext.attr import (  # noqa: E402
     LayerFinerCam,
     LayerGapCam,
     LayerGradCamElementWise,
+    LayerIsCam,
     LayerKpcaCam,
     LayerRandomCam,
     LayerShapleyCam,
+    LayerSmoothGradCamPlusPlus,
+    LayerSsCam,
 )
 
 __all__ += [
@@ -81,5 +84,8 @@ __all__ += [
     "LayerKpcaCam",
     "LayerRandomCam",
     "LayerShapleyCam",
+    "LayerSmoothGradCamPlusPlus",
+    "LayerSsCam",
+    "LayerIsCam",
     "targets",
 ]

@@ -42,6 +42,9 @@ from captum_cam_ext.attr.fem import LayerFem
 from captum_cam_ext.attr.kpca_cam import LayerKpcaCam
 from captum_cam_ext.attr.gap_cam import LayerGapCam
 from captum_cam_ext.attr.random_cam import LayerRandomCam
+from captum_cam_ext.attr.smooth_grad_cam_pp import LayerSmoothGradCamPlusPlus
+from captum_cam_ext.attr.ss_cam import LayerSsCam
+from captum_cam_ext.attr.is_cam import LayerIsCam
 
 __all__ += [
     "LayerFem",
@@ -51,4 +54,7 @@ __all__ += [
     "LayerKpcaCam",
     "LayerRandomCam",
     "LayerShapleyCam",
+    "LayerSmoothGradCamPlusPlus",
+    "LayerSsCam",
+    "LayerIsCam",
 ]
