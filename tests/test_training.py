@@ -415,7 +415,7 @@ def test_bn_mode_eval_on_eval_model_is_one_pass_and_reduction_sum_is_lam_times_n
         InterpretableGradientLoss(model, reduction="none")
 
 
-def test_batchnorm_eval_restores_modes_on_exception_and_matches_native() -> None:
+def test_batchnorm_eval_restores_modes_on_exception() -> None:
     from captum_cam_ext.training.loss import batchnorm_eval
 
     torch.manual_seed(9)
@@ -483,3 +483,76 @@ def test_noise_measures_closed_forms() -> None:
         sparseness(torch.ones(4))
     with pytest.raises(TypeError, match="floating"):
         complexity(torch.ones(1, 2, 2, dtype=torch.long))
+
+
+def _grouped_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU6(),
+        nn.Conv2d(6, 6, 3, stride=2, padding=2, dilation=2, groups=6),  # depthwise, dilated
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 1, groups=2),
+        nn.Conv2d(4, 4, 3, padding="same"),  # string padding: native op
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+@pytest.mark.parametrize("detach_guided", [True, False])
+def test_fast_ops_give_the_native_loss_and_parameter_gradient(bn_mode: str, detach_guided: bool) -> None:
+    """double_backward_ops only changes the recorded graph: same reg, same d(total)/d theta."""
+    torch.manual_seed(10)
+    model = _grouped_net().train()
+    with torch.no_grad():
+        model(torch.randn(8, 2, 9, 9, dtype=torch.float64))
+    x, y = torch.randn(5, 2, 9, 9, dtype=torch.float64), torch.tensor([0, 1, 2, 2, 1])
+    twin = copy.deepcopy(model)
+    kw = dict(lam=0.7, bn_mode=bn_mode, detach_guided=detach_guided)
+    fast = InterpretableGradientLoss(model, fast_ops=True, **kw)(x, y)  # type: ignore[arg-type]
+    native = InterpretableGradientLoss(twin, fast_ops=False, **kw)(x, y)  # type: ignore[arg-type]
+    torch.testing.assert_close(fast.reg, native.reg, rtol=1e-12, atol=1e-14)
+    fast.total.backward()
+    native.total.backward()
+    for (k, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert p.grad is not None and p.grad.abs().max() > 0, k
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-13, msg=k)
+    for (k, v), w in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+    assert _n_hooks(model) == 0
+
+
+def test_double_backward_ops_reroutes_and_input_only_skips_weight_gradients() -> None:
+    from captum_cam_ext.training.double_backward import double_backward_ops
+
+    torch.manual_seed(11)
+    model = _grouped_net().eval()
+    x = torch.randn(2, 2, 9, 9, dtype=torch.float64, requires_grad=True)
+    with double_backward_ops() as scope:
+        out = model(x)
+    assert scope.calls == {"conv2d": 3, "batch_norm": 2}  # "same" padding left native
+    torch.testing.assert_close(out, model(x))
+    with scope.input_only():
+        torch.autograd.grad(out.sum(), x, retain_graph=True)
+    # a later full backward gives the native gradients, although input_only was used before
+    out.sum().backward()
+    fast = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    model.zero_grad()
+    model(x).sum().backward()
+    for a, p in zip(fast, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+    # inside input_only a full backward leaves the rerouted weights without gradient
+    model.zero_grad(set_to_none=True)
+    with double_backward_ops() as scope:
+        out = model(x)
+    with scope.input_only():
+        out.sum().backward()
+    assert model[0].weight.grad is None and model[3].weight.grad is None
+    assert model[7].weight.grad is not None  # native op (string padding)
+    with double_backward_ops(enabled=False) as scope:
+        model(x)
+    assert scope.calls == {"conv2d": 0, "batch_norm": 0}

@@ -40,7 +40,14 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from captum_cam_ext.backprop import check_batch, find_relus, input_gradients, per_example_cosine
+from captum_cam_ext.backprop import (
+    check_batch,
+    find_relus,
+    input_gradients,
+    per_example_cosine,
+    switchable_relus,
+)
+from captum_cam_ext.training.double_backward import double_backward_ops
 
 __all__ = [
     "ERRORS",
@@ -48,6 +55,7 @@ __all__ = [
     "REDUCTIONS",
     "LossTerms",
     "batchnorm_eval",
+    "regularizer_gradients",
     "InterpretableGradientLoss",
     "gradient_error",
     "input_gradients",
@@ -89,31 +97,8 @@ def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
     return value
 
 
-def _affine_batchnorm_hook(module: nn.Module, args: Tuple[Tensor, ...], out: Tensor) -> Optional[Tensor]:
-    """Recompute an eval-mode BatchNorm output as ``x * scale + shift`` (same values).
-
-    Autograd's double backward of the native batch-norm kernel is generic (it also covers batch
-    statistics) and costs ~3x the plain multiply-add it reduces to with running statistics.
-    """
-    if not torch.is_grad_enabled():
-        return None
-    bn: _BatchNorm = module  # type: ignore[assignment]
-    mean, var = bn.running_mean, bn.running_var
-    if bn.training or mean is None or var is None:
-        return None
-    x = args[0]
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return x * scale.view(shape) + shift.view(shape)
-
-
 @contextlib.contextmanager
-def batchnorm_eval(model: nn.Module, affine: bool = True) -> Iterator[List[_BatchNorm]]:
+def batchnorm_eval(model: nn.Module) -> Iterator[List[_BatchNorm]]:
     """Put every BatchNorm module of ``model`` in eval mode inside a ``with`` block.
 
     Only BatchNorm modules change (dropout etc. keep their mode); each module's previous
@@ -122,10 +107,6 @@ def batchnorm_eval(model: nn.Module, affine: bool = True) -> Iterator[List[_Batc
     Parameters
     ----------
     model : nn.Module
-    affine : bool
-        Also route each BatchNorm output (running statistics) through plain differentiable
-        ``x * scale + shift`` ops (forward hooks, removed on exit): the same values, but a
-        double backward ~3x cheaper than through the native kernel.
 
     Yields
     ------
@@ -134,19 +115,12 @@ def batchnorm_eval(model: nn.Module, affine: bool = True) -> Iterator[List[_Batc
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    switched = [m for m in norms if m.training]
-    handles = []
+    switched = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training]
     try:
         for m in switched:
             m.training = False
-        if affine:
-            for m in norms:
-                handles.append(m.register_forward_hook(_affine_batchnorm_hook))
         yield switched
     finally:
-        for h in handles:
-            h.remove()
         for m in switched:
             m.training = True
 
@@ -174,6 +148,59 @@ def gradient_error(standard: Tensor, guided: Tensor, error: str = "cosine") -> T
     if error == "mse":
         return diff.pow(2).mean(dim=1)
     return diff.abs().mean(dim=1)
+
+
+def regularizer_gradients(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    create_graph: bool = False,
+    detach_guided: bool = True,
+    fast_ops: bool = True,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Logits, standard and guided input gradients of the summed cross-entropy, from one forward.
+
+    The same quantities as :func:`captum_cam_ext.backprop.input_gradients`, computed for the
+    regularizer: with ``fast_ops`` the forward runs under
+    :func:`~captum_cam_ext.training.double_backward.double_backward_ops` (same values, a cheaper
+    double backward) and the two input-gradient passes skip weight gradients. The forward graph
+    is retained (the cross-entropy is backpropagated through it later).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier with ``nn.ReLU`` / ``nn.ReLU6`` modules, in the mode it should run in.
+    inputs : Tensor
+        ``(N, ...)`` floating-point batch.
+    targets : Tensor
+        ``(N,)`` LongTensor of class indices.
+    create_graph : bool
+        Keep the graph of the standard gradient (and of the guided one unless detached).
+    detach_guided : bool
+        Treat the guided gradient as a constant.
+    fast_ops : bool
+        Use the rerouted convolution / eval-mode BatchNorm ops.
+
+    Returns
+    -------
+    logits, standard, guided : Tensor
+        ``(N, C)``, ``(N, ...)``, ``(N, ...)``.
+    """
+    check_batch(inputs, targets)
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with switchable_relus(model) as rule, double_backward_ops(fast_ops) as scope:
+            logits = model(x)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            raise ValueError("model must return logits of shape (N, num_classes)")
+        ce_sum = F.cross_entropy(logits, targets, reduction="sum")
+        with scope.input_only():
+            with rule.use("guided"):
+                (guided,) = torch.autograd.grad(
+                    ce_sum, x, retain_graph=True, create_graph=create_graph and not detach_guided
+                )
+            (standard,) = torch.autograd.grad(ce_sum, x, retain_graph=True, create_graph=create_graph)
+    return logits, standard, guided.detach() if detach_guided else guided
 
 
 class InterpretableGradientLoss(nn.Module):
@@ -209,6 +236,10 @@ class InterpretableGradientLoss(nn.Module):
     reduction : str
         ``"mean"`` (default): ``reg`` is the batch mean of the per-example errors; ``"sum"``: the
         batch sum (the same objective as ``"mean"`` with ``lam * batch_size``).
+    fast_ops : bool
+        Run the regularizer's forward under
+        :func:`~captum_cam_ext.training.double_backward.double_backward_ops` (default ``True``):
+        the same loss and gradients up to float rounding, a cheaper double backward.
 
     Attributes
     ----------
@@ -227,6 +258,7 @@ class InterpretableGradientLoss(nn.Module):
         detach_guided: bool = True,
         bn_mode: str = "train",
         reduction: str = "mean",
+        fast_ops: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -250,13 +282,14 @@ class InterpretableGradientLoss(nn.Module):
         self.detach_guided = bool(detach_guided)
         self.bn_mode = bn_mode
         self.reduction = reduction
+        self.fast_ops = bool(fast_ops)
         self.last_cosine: Optional[Tensor] = None
         self.last_logits: Optional[Tensor] = None
 
     def extra_repr(self) -> str:
         return (
             f"lam={self.lam}, error={self.error!r}, detach_guided={self.detach_guided}, "
-            f"bn_mode={self.bn_mode!r}, reduction={self.reduction!r}"
+            f"bn_mode={self.bn_mode!r}, reduction={self.reduction!r}, fast_ops={self.fast_ops}"
         )
 
     def forward(self, inputs: Tensor, targets: Tensor) -> LossTerms:  # type: ignore[override]
@@ -285,15 +318,13 @@ class InterpretableGradientLoss(nn.Module):
             # The regularizer's forward runs on the unwrapped module: under DDP the gradient
             # still reaches the shared parameters, and the wrapper sees one forward per step.
             with batchnorm_eval(inner):
-                _, standard, guided = input_gradients(
-                    inner, inputs, targets, create_graph=with_reg,
-                    detach_guided=self.detach_guided, retain_graph=with_reg,
-                )  # fmt: skip
+                _, standard, guided = regularizer_gradients(
+                    inner, inputs, targets, with_reg, self.detach_guided, self.fast_ops
+                )
         else:
-            logits, standard, guided = input_gradients(
-                model, inputs, targets, create_graph=with_reg,
-                detach_guided=self.detach_guided, retain_graph=True,
-            )  # fmt: skip
+            logits, standard, guided = regularizer_gradients(
+                model, inputs, targets, with_reg, self.detach_guided, self.fast_ops
+            )
         ce = F.cross_entropy(logits, targets)
         reg = gradient_error(standard, guided, self.error).sum()
         if self.reduction == "mean":
