@@ -556,3 +556,11 @@ def test_double_backward_ops_reroutes_and_input_only_skips_weight_gradients() ->
     with double_backward_ops(enabled=False) as scope:
         model(x)
     assert scope.calls == {"conv2d": 0, "batch_norm": 0}
+
+
+def test_small_mobilenet_stem_stride() -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    assert SmallMobileNetV2(stem_stride=2).features(x).shape == (2, 128, 4, 4)
+    assert SmallMobileNetV2().features(x).shape == (2, 128, 7, 7)
+    with pytest.raises(ValueError, match="stem_stride"):
+        SmallMobileNetV2(stem_stride=3)

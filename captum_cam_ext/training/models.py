@@ -86,11 +86,13 @@ class SmallMobileNetV2(nn.Module):
         Stem, three stage widths, and the last 1x1 conv (torchvision: 32, ..., 1280).
     expand : int
         Expansion ratio of the inverted residuals (torchvision: 6).
+    stem_stride : int
+        Stride of the first 3x3 conv (torchvision: 2; default 1).
 
     Notes
     -----
-    Stem stride 1, stages at strides 1, 2, 2 (then a 1x1 conv), so ``features[-1]`` is
-    ``(N, widths[4], H/4, W/4)``.
+    Stages at strides 1, 2, 2 after the stem (then a 1x1 conv), so ``features[-1]`` is
+    ``(N, widths[4], H/(4 s), W/(4 s))`` for stem stride ``s`` (rounded up).
     """
 
     def __init__(
@@ -99,11 +101,14 @@ class SmallMobileNetV2(nn.Module):
         in_channels: int = 1,
         widths: Sequence[int] = (16, 16, 24, 32, 128),
         expand: int = 4,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         w = _check_widths(widths, 5)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         layers: List[nn.Module] = [
-            Conv2dNormActivation(in_channels, w[0], stride=1, activation_layer=nn.ReLU6)
+            Conv2dNormActivation(in_channels, w[0], stride=stem_stride, activation_layer=nn.ReLU6)
         ]
         cin = w[0]
         # (expansion, out channels, repeats, first stride)
