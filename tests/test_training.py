@@ -564,3 +564,37 @@ def test_small_mobilenet_stem_stride() -> None:
     assert SmallMobileNetV2().features(x).shape == (2, 128, 7, 7)
     with pytest.raises(ValueError, match="stem_stride"):
         SmallMobileNetV2(stem_stride=3)
+
+
+def test_train_steps_scheduler_and_applies_input_transform_like_a_manual_loop() -> None:
+    torch.manual_seed(12)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(24, 1, 8, 8, generator=g)
+    y = torch.randint(0, 2, (24,), generator=g)
+    data = TensorDataset(x, y)
+    model = SmallResNet18(num_classes=2, widths=(4, 4, 4, 4))
+    twin = copy.deepcopy(model)
+
+    def flip(t: torch.Tensor) -> torch.Tensor:
+        return t.flip(-1) * 0.5
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    train(model, DataLoader(data, batch_size=8), epochs=1, lam=0.2, optimizer=opt, scheduler=sched,
+          input_transform=flip, bn_mode="eval", reduction="sum", progress=False)  # fmt: skip
+    assert sched.last_epoch == 3 and opt.param_groups[0]["lr"] == pytest.approx(0.1 / 8)
+    opt2 = torch.optim.SGD(twin.parameters(), lr=0.1)
+    loss = InterpretableGradientLoss(twin, lam=0.2, bn_mode="eval", reduction="sum")
+    twin.train()
+    for i, (xb, yb) in enumerate(DataLoader(data, batch_size=8)):
+        for group in opt2.param_groups:
+            group["lr"] = 0.1 * 0.5**i
+        opt2.zero_grad()
+        loss(flip(xb), yb).total.backward()
+        opt2.step()
+    for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    with pytest.raises(ValueError, match="bn_mode"):
+        train(model, DataLoader(data, batch_size=8), bn_mode="batch")
+    with pytest.raises(TypeError, match="input_transform"):
+        train(model, DataLoader(data, batch_size=8), input_transform=3)
