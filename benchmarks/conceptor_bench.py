@@ -1,64 +1,76 @@
-"""Conceptor-CAM versus its base CAM: faithfulness metrics, ablations and speed.
+"""Conceptor-CAM against its base CAM *and the base's matched-area controls* (issue 13).
 
-Writes ``benchmarks/results/conceptor.md``. Runs on one CPU thread in about 10-15 minutes::
+One command, resumable (every unit of work is cached under ``benchmarks/cache/conceptor_*``,
+model weights under ``benchmarks/cache/fmnist_cnn_bn*.pt``)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/conceptor_bench.py [--quick]
+    nice -n 10 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/conceptor_bench.py [--quick] [--stages ...]
 
-Settings
---------
-(a) EfficientNet-Lite0 (pretrained ImageNet) on the bundled photos (each photo and its mirror
-    image), explaining the predicted class at the head activation (1280 x 7 x 7).
-(b) A small CNN trained here on Fashion-MNIST (weights cached in ``benchmarks/cache/``), 1000
-    test images, predicted class, last conv layer (64 x 7 x 7).
-For each base CAM the base map and the Conceptor-CAM map are computed from the *same* activations
-and weights (one ``compute`` per class), so the comparison isolates the fusion step.
+Stages (``train`` fits the Fashion-MNIST CNNs of seeds 1 and 2; each stage writes its own cache
+files; ``report`` assembles ``benchmarks/results/conceptor.md`` and ``conceptor.json`` from
+whatever is cached):
 
-Metrics (``captum_cam_ext.metrics``): Average Drop / Average Increase (%; maps min-max normalised
-after bilinear upsampling, multiplied into the model's input tensor, softmax of the predicted
-class), Insertion (blurred canvas) and Deletion (zeros) AUC.
+controls  Fashion-MNIST CNN, 3 training seeds x 6 base CAMs at the last conv layer: base, Conceptor-CAM
+          (package defaults), the base raised to the power whose mean mask area equals the
+          Conceptor-CAM map's (same pixel ranking), a blurred base, a constant and a random map.
+          AD / AI / AG with mask area on the evaluation split; insertion / deletion and ROAD
+          (ranking metrics, insensitive to area) on its first images.
+search    Grad-CAM base, same seeds and layers: layouts, readouts, Boolean forms, negatives and
+          apertures; each configuration's apertures are tuned on a held-out split (Fashion-MNIST
+          test images 5000-5199) to minimise its AD gap to the matched-area power control, then
+          evaluated once on the evaluation split (test images 0-499).
+photos    EfficientNet-Lite0/1/2 (pretrained) on every bundled photo in 8 views (2 crops x 2 scales
+          x mirror); the unit of the intervals is the photo (views averaged per photo: cluster
+          bootstrap).
+sanity    Cascading parameter randomisation (Adebayo et al.) for three bases and Conceptor-CAM on
+          each (Fashion-MNIST, seed 0).
+report    The results page.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import math
 import os
-import statistics
+import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from captum_cam_ext import (  # noqa: E402
-    LayerAblationCam,
-    LayerCam,
-    LayerGradCam,
-    LayerGradCamPlusPlus,
-    LayerHiResCam,
-    LayerScoreCam,
-    LayerXGradCam,
-)
+from captum_cam_ext.attr.ablation_cam import LayerAblationCam  # noqa: E402
 from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam, conceptor_fusion  # noqa: E402
-from captum_cam_ext.metrics import confidence_metrics, deletion_auc, insertion_auc  # noqa: E402
+from captum_cam_ext.attr.grad_cam import LayerGradCam  # noqa: E402
+from captum_cam_ext.attr.grad_cam_pp import LayerGradCamPlusPlus  # noqa: E402
+from captum_cam_ext.attr.layer_cam import LayerCam  # noqa: E402
+from captum_cam_ext.attr.score_cam import LayerScoreCam  # noqa: E402
+from captum_cam_ext.attr.xgrad_cam import LayerXGradCam  # noqa: E402
+from captum_cam_ext.conceptor import conceptor_from_correlation  # noqa: E402
+from captum_cam_ext.metrics.causal import deletion_auc, insertion_auc  # noqa: E402
+from captum_cam_ext.metrics.confidence import confidence_metrics  # noqa: E402
+from captum_cam_ext.metrics.controls import area_controls, maps_to_masks, power_control  # noqa: E402
+from captum_cam_ext.metrics.road import road  # noqa: E402
+from captum_cam_ext.metrics.sanity import parameter_randomization  # noqa: E402
+from captum_cam_ext.metrics.statistics import paired_comparison  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "conceptor.md"
+RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "benchmarks" / "cache"
 K_NEG = 3
-APERTURES: List[Any] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, "auto", math.inf]
-NEG_MODES = ["none", "channels", "classes", "both"]
-
-Gathered = List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]
+SEEDS = (0, 1, 2)
+STAGES = ("train", "controls", "search", "photos", "sanity", "report")
+CHUNK = 250
 
 
 # --------------------------------------------------------------------------------------------
-# models and data
+# Fashion-MNIST models (seed 0 = the weights of the earlier benchmark, fmnist_cnn_bn.pt)
 # --------------------------------------------------------------------------------------------
 class FashionCNN(nn.Module):
     """conv16-bn-pool-conv32-bn-pool-conv64-bn (+ReLU: the CAM layer, 7x7) -> GAP -> linear."""
@@ -66,10 +78,17 @@ class FashionCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64),
-        )  # fmt: skip
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+        )
         self.act = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, 10)
@@ -78,19 +97,33 @@ class FashionCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.act(self.body(x))), 1))
 
 
-def fashion_model_and_data(n_test: int, log: Callable[[str], None]) -> Tuple[nn.Module, Tensor, float]:
-    from captum_cam_ext.data import fashion_mnist_tensors
+#: CAM layers: the last conv block (64 x 7 x 7) and the pooled second block (32 x 7 x 7).
+LAYERS: Dict[str, Callable[[FashionCNN], nn.Module]] = {
+    "conv3": lambda m: m.act,
+    "block2": lambda m: m.body[7],
+}
+LAYER_TEXT = {"conv3": "last conv + ReLU, 64 x 7 x 7", "block2": "second block after max-pool, 32 x 7 x 7"}
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / "fmnist_cnn_bn.pt"
-    torch.manual_seed(0)
+
+def fashion_model(seed: int, log: Callable[[str], None]) -> FashionCNN:
+    path = CACHE / ("fmnist_cnn_bn.pt" if seed == 0 else f"fmnist_cnn_bn_s{seed}.pt")
+    torch.manual_seed(seed)
     model = FashionCNN()
+    lock = path.with_suffix(".lock")
+    while not path.is_file() and lock.exists():  # another process of this benchmark is training it
+        time.sleep(10)
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu"))
     else:
+        from captum_cam_ext.data import fashion_mnist_tensors
+
+        CACHE.mkdir(parents=True, exist_ok=True)
+        lock.touch()
         t0 = time.time()
         train = fashion_mnist_tensors("train", normalize=False)
-        loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True)
+        loader = torch.utils.data.DataLoader(
+            train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         model.train()
         for _epoch in range(3):
@@ -99,321 +132,782 @@ def fashion_model_and_data(n_test: int, log: Callable[[str], None]) -> Tuple[nn.
                 nn.functional.cross_entropy(model(xb), yb).backward()
                 opt.step()
         torch.save(model.state_dict(), path)
-        log(f"trained the Fashion-MNIST CNN in {time.time() - t0:.0f} s (cached at {path})")
-    model.eval()
-    test = fashion_mnist_tensors("test", normalize=False, limit=n_test)
-    x, y = test.tensors
-    with torch.no_grad():
-        acc = float((model(x).argmax(1) == y).float().mean())
-    return model, x, acc
+        lock.unlink()
+        wall_path = CACHE / "conceptor_wall_train.json"
+        wall_path.write_text(
+            json.dumps(time.time() - t0 + (json.loads(wall_path.read_text()) if wall_path.is_file() else 0.0))
+        )
+        log(f"trained the Fashion-MNIST CNN seed {seed} in {time.time() - t0:.0f} s ({path.name})")
+    return model.eval()
 
 
-class BatchAgnosticLite0(nn.Module):
-    """EfficientNet-Lite0 with the same modules, but a head that reshapes with the actual batch.
+def fashion_split(start: int, n: int) -> Tuple[Tensor, Tensor]:
+    from captum_cam_ext.data import fashion_mnist_tensors
 
-    The package's ``forward`` reshapes the pooled features with the *input* batch size, which
-    defeats Ablation-CAM's in-hook ablated copies (the engine then falls back to one full forward
-    per ablated channel). This wrapper runs the same layers and weights.
-    """
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        net = self.net
-        f = net._avg_pooling(net.extract_features(x))
-        return net._fc(net._dropout(torch.flatten(f, 1)))
+    x, y = fashion_mnist_tensors("test", normalize=False, limit=start + n).tensors
+    return x[start:], y[start:]
 
 
-def photos_model_and_data() -> Tuple[nn.Module, nn.Module, Tensor, List[str]]:
-    from captum_cam_ext.data import (
-        IMAGENET_CLASSES,
-        bundled_photos,
-        default_target_layer,
-        load_efficientnet_lite0,
-        preprocess_efficientnet,
-    )
-
-    model = BatchAgnosticLite0(load_efficientnet_lite0()).eval()
-    photos = bundled_photos()
-    x = preprocess_efficientnet([p.copy() for p in photos.values()])
-    x = torch.cat([x, x.flip(-1)])  # each photo and its mirror image
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    names = [f"{n}{s}: {IMAGENET_CLASSES[int(c)]}" for s in ("", " (mirror)") for n, c in
-             zip(photos, pred[: len(photos)] if s == "" else pred[len(photos):])]  # fmt: skip
-    return model, default_target_layer(model.net), x, names
+def bases_for(model: nn.Module, layer: nn.Module, names: Sequence[str]) -> Dict[str, Any]:
+    table: Dict[str, Callable[[], Any]] = {
+        "Grad-CAM": lambda: LayerGradCam(model, layer),
+        "Grad-CAM++": lambda: LayerGradCamPlusPlus(model, layer),
+        "XGrad-CAM": lambda: LayerXGradCam(model, layer),
+        "LayerCAM": lambda: LayerCam(model, layer),
+        "Score-CAM": lambda: LayerScoreCam(model, layer, batch_size=64),
+        "Ablation-CAM": lambda: LayerAblationCam(model, layer, batch_size=640),
+    }
+    return {n: table[n]() for n in names}
 
 
 # --------------------------------------------------------------------------------------------
-# maps and metrics
+# maps: base data from one compute_for_targets per chunk, fusions from conceptor_fusion
 # --------------------------------------------------------------------------------------------
-def gather(model: nn.Module, base: Any, x: Tensor, target: Tensor, chunk: int, classes: bool) -> Gathered:
-    """Activations, weights, base map and competitor data (k=3), from one compute per class."""
-    cc = LayerConceptorCam(model, base=base, negatives="both" if classes else "channels", k=K_NEG)
-    out: Gathered = []
+Gathered = List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]
+
+
+def gather(model: nn.Module, base: Any, x: Tensor, chunk: int = CHUNK) -> Tuple[Gathered, Tensor]:
+    """Per chunk: activations, weights, base map and the top-k competitors' (activations, weights)."""
+    with torch.no_grad():
+        out = model(x)
+    target = out.argmax(1)
+    scores = out.clone()
+    scores.scatter_(1, target[:, None], -math.inf)
+    targets = torch.cat([target[:, None], scores.topk(K_NEG, dim=1).indices], dim=1)
+    g: Gathered = []
     for s in range(0, x.shape[0], chunk):
-        g = cc._gather((x[s : s + chunk],), None, target[s : s + chunk], False, "standard")
-        assert len(g) == 1
-        out.append(g[0])
-    return out
+        d = base.compute_for_targets(x[s : s + chunk], targets[s : s + chunk])
+        g.append(
+            (
+                d[0][0].activations.detach(),
+                d[0][0].weights.detach(),
+                d[0][0].cam.detach(),
+                [(d[t][0].activations.detach(), d[t][0].weights.detach()) for t in range(1, K_NEG + 1)],
+            )
+        )
+    return g, target
 
 
 def base_maps(g: Gathered) -> Tensor:
     return torch.cat([torch.relu(m) for _, _, m, _ in g])
 
 
-def conceptor_maps(g: Gathered, aperture: Any = 2.0, negatives: str = "both", negative_aperture: Any = 0.5) -> Tensor:
-    maps = []
+def _positive_conceptor_readout(A: Tensor, W: Tensor, readout: str, aperture: float) -> Tensor:
+    """Readouts R2 / R3 of the research note (benchmark-only variants; positive evidence only).
+
+    R2 'quadratic': s_p = z_p^T C_K z_p with C_K the channel conceptor of Z+ = ReLU(w) * A.
+    R3 'reweight':  L = sum_k e_k A_k with e_k = z^k^T C_P z^k, C_P the spatial conceptor of Z+.
+    Correlations trace-normalised as in ``conceptor_fusion``.
+    """
+    b, k, h, w = A.shape
+    A64 = A.reshape(b, k, h * w).double()
+    Z = torch.relu(W.reshape(b, k, -1).double()) * A64
+    R = Z @ Z.transpose(1, 2) if readout == "quadratic" else Z.transpose(1, 2) @ Z
+    tr = torch.diagonal(R, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)[:, None, None]
+    C = conceptor_from_correlation(0.5 * (R + R.transpose(1, 2)) / tr, aperture)
+    if readout == "quadratic":
+        s = ((C @ Z) * Z).sum(1)  # (b, P)
+    else:
+        e = ((Z @ C) * Z).sum(2)  # (b, K)
+        s = (e[:, :, None] * A64).sum(1)
+    return s.reshape(b, 1, h, w).float()
+
+
+def fused_maps(g: Gathered, cfg: Dict[str, Any]) -> Tensor:
+    """ReLU'd maps of one configuration (keys: layout, readout, negatives, combine, positive_data,
+    aperture, negative_aperture)."""
+    out = []
     for A, W, m, comp in g:
-        s = conceptor_fusion(
-            A, W, m,
-            competitor_data=comp if negatives in ("classes", "both") else [],
-            negative_channels=negatives in ("channels", "both"),
-            aperture=aperture,
-            negative_aperture=negative_aperture,
-        )  # fmt: skip
-        maps.append(torch.relu(s))
-    return torch.cat(maps)
+        readout = cfg.get("readout", "fusion")
+        if readout != "fusion":
+            s = _positive_conceptor_readout(A, W, readout, float(cfg["aperture"]))
+        else:
+            neg = cfg.get("negatives", "both")
+            s = conceptor_fusion(
+                A,
+                W,
+                m,
+                competitor_data=comp if neg in ("classes", "both") else [],
+                negative_channels=neg in ("channels", "both"),
+                aperture=cfg.get("aperture", 2.0),
+                negative_aperture=cfg.get("negative_aperture", 0.5),
+                combine=cfg.get("combine", "and_not"),
+                layout=cfg.get("layout", "spatial"),
+                positive_data=cfg.get("positive_data", "positive"),
+            )
+        out.append(torch.relu(s))
+    return torch.cat(out)
 
 
-def metrics(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor, n_steps: int,
-            n_causal: int, batch: int) -> Dict[str, float]:  # fmt: skip
-    """AD/AI on all images; Insertion/Deletion on the first ``n_causal`` (0: skipped)."""
-    conf = confidence_metrics(model, x, maps, target=target, max_examples_per_batch=batch)
-    res = {"AD": conf.average_drop, "AI": conf.average_increase}
-    if n_causal > 0:
-        xs, ms, ts = x[:n_causal], maps[:n_causal], target[:n_causal]
-        kw = dict(target=ts, n_steps=n_steps, max_examples_per_batch=batch, max_forwards_per_batch=256)
-        res["Ins"] = float(insertion_auc(model, xs, ms, **kw).mean())  # type: ignore[union-attr]
-        res["Del"] = float(deletion_auc(model, xs, ms, **kw).mean())  # type: ignore[union-attr]
-    return res
+def default_cfg() -> Dict[str, Any]:
+    """The package defaults of ``LayerConceptorCam`` (read from its signature)."""
+    import inspect
 
-
-def rel(new: float, old: float) -> str:
-    if old == 0:
-        return "n/a"
-    return f"{100.0 * (new - old) / abs(old):+.1f}%"
-
-
-def comparison_table(rows: List[Tuple[str, Dict[str, float], Dict[str, float]]], causal: bool) -> List[str]:
-    keys = ["AD", "AI"] + (["Ins", "Del"] if causal else [])
-    arrows = {"AD": "↓", "AI": "↑", "Ins": "↑", "Del": "↓"}
-    head = "| base | " + " | ".join(f"{k}{arrows[k]} base | {k} concept. | Δ{k}" for k in keys) + " |"
-    lines = [head, "|" + "---|" * (1 + 3 * len(keys))]
-    for name, b, c in rows:
-        cells = []
-        for k in keys:
-            fmt = "{:.2f}" if k in ("AD", "AI") else "{:.4f}"
-            cells += [fmt.format(b[k]), fmt.format(c[k]), rel(c[k], b[k])]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def setting(
-    title: str, model: nn.Module, layer: nn.Module, x: Tensor, bases: Sequence[Tuple[str, Any]],
-    n_steps: int, chunk: int, causal_ablation: int, log: Callable[[str], None],
-) -> List[str]:  # fmt: skip
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    rows = []
-    gathered: Dict[str, Gathered] = {}
-    for name, base in bases:
-        t0 = time.time()
-        g = gather(model, base, x, target, chunk, classes=True)
-        gathered[name] = g
-        n = x.shape[0]
-        b = metrics(model, x, base_maps(g), target, n_steps, n, chunk)
-        c = metrics(model, x, conceptor_maps(g), target, n_steps, n, chunk)
-        rows.append((name, b, c))
-        log(f"  {title} {name}: base {b} conceptor {c} ({time.time() - t0:.0f} s)")
-    lines = [f"### {title}: base CAM vs Conceptor-CAM (default settings)", ""]
-    lines += comparison_table(rows, causal=True)
-    # ablations on Grad-CAM
-    g = gathered["Grad-CAM"]
-    keys = ["AD", "AI"] + (["Ins", "Del"] if causal_ablation > 0 else [])
-    where = f"; Ins/Del on the first {causal_ablation} images" if causal_ablation else ""
-    lines += ["", f"Aperture ablation (Grad-CAM base, negatives = both, k = {K_NEG}, "
-              f"negative aperture 0.5{where}):", ""]  # fmt: skip
-    lines += ["| aperture | " + " | ".join(keys) + " |", "|" + "---|" * (1 + len(keys))]
-    b = metrics(model, x, base_maps(g), target, n_steps, causal_ablation, chunk)
-    lines.append("| base Grad-CAM | " + " | ".join(f"{b[k]:.3f}" for k in keys) + " |")
-    for ap in APERTURES + ["sqrt_dim"]:
-        r = metrics(model, x, conceptor_maps(g, aperture=ap), target, n_steps, causal_ablation, chunk)
-        label = "inf" if ap == math.inf else str(ap) + {"sqrt_dim": " (= 7)", 2.0: " (default)"}.get(ap, "")
-        lines.append(f"| {label} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    lines += ["", "Negative-aperture ablation (Grad-CAM base, aperture 2, negatives = both):", ""]
-    lines += ["| negative aperture | " + " | ".join(keys) + " |", "|" + "---|" * (1 + len(keys))]
-    for na in [0.25, 0.5, 1.0, None, "auto"]:
-        r = metrics(model, x, conceptor_maps(g, negative_aperture=na), target, n_steps,
-                    causal_ablation, chunk)  # fmt: skip
-        label = {None: "same as positive (2)", 0.5: "0.5 (default)"}.get(na, str(na))
-        lines.append(f"| {label} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    lines += ["", "Negatives ablation (Grad-CAM base, aperture 2, negative aperture 0.5):", ""]
-    lines += ["| negatives | " + " | ".join(keys) + " |", "|" + "---|" * (1 + len(keys))]
-    for mode in NEG_MODES:
-        r = metrics(model, x, conceptor_maps(g, negatives=mode), target, n_steps, causal_ablation, chunk)
-        lines.append(f"| {mode} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    return lines
+    sig = inspect.signature(LayerConceptorCam.__init__).parameters
+    keys = ("aperture", "negatives", "combine", "layout", "positive_data", "negative_aperture")
+    return {k: sig[k].default for k in keys} | {"readout": "fusion"}
 
 
 # --------------------------------------------------------------------------------------------
-# speed
+# metrics
 # --------------------------------------------------------------------------------------------
-def speed(runs: int, log: Callable[[str], None]) -> List[str]:
-    import torchvision
+def conf(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor, masks: bool = False) -> Dict[str, Tensor]:
+    r = confidence_metrics(
+        model, x, maps, target=target, max_examples_per_batch=CHUNK, normalize="none" if masks else "after_upsample"
+    )
+    return {"AD": r.drop, "AI": r.increase, "AG": r.gain, "area": r.mask_area}
 
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50().eval()
-    x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    configs: List[Tuple[str, Any, Dict[str, Any], str]] = [
-        ("Grad-CAM", LayerGradCam, {}, "both"),
-        ("Grad-CAM++", LayerGradCamPlusPlus, {}, "both"),
-        ("XGrad-CAM", LayerXGradCam, {}, "both"),
-        ("LayerCAM", LayerCam, {}, "both"),
-        ("HiResCAM", LayerHiResCam, {}, "both"),
-        ("Grad-CAM", LayerGradCam, {}, "channels"),
-        ("Ablation-CAM", LayerAblationCam, {"batch_size": 512}, "channels"),
-        ("Ablation-CAM", LayerAblationCam, {"batch_size": 512}, "both"),
+
+def ranking(
+    model: nn.Module, x: Tensor, maps: Tensor, target: Tensor, n_steps: int, with_road: bool
+) -> Dict[str, Tensor]:
+    """Insertion / deletion with ``n_steps`` (0: skipped) and, optionally, ROAD."""
+    kw: Dict[str, Any] = dict(target=target, n_steps=n_steps, max_examples_per_batch=CHUNK, max_forwards_per_batch=256)
+    out = {"Ins": insertion_auc(model, x, maps, **kw), "Del": deletion_auc(model, x, maps, **kw)} if n_steps else {}
+    if with_road:
+        r = road(model, x, maps, target=target, return_curves=True, max_forwards_per_batch=256)
+        out |= {"ROAD": r.combined, "ROAD_morf": r.morf, "ROAD_lerf": r.lerf}  # type: ignore[union-attr]
+    return {k: v.detach().float() for k, v in out.items()}  # type: ignore[union-attr]
+
+
+def cached(name: str, fn: Callable[[], Any], log: Callable[[str], None]) -> Any:
+    """Compute ``fn`` once (cache file ``conceptor_{name}.pt``); its wall time is added to the stage's."""
+    path = CACHE / f"conceptor_{name}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=False)
+    t0 = time.time()
+    value = fn()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(value, path)
+    dt = time.time() - t0
+    quick = "_q_" in name
+    stage = name.split("_")[0]
+    wall_path = (
+        CACHE / f"conceptor_{'q_' if quick else ''}wall_{stage}.json"
+    )  # one file per stage: stages may run in parallel
+    wall_path.write_text(json.dumps(dt + (json.loads(wall_path.read_text()) if wall_path.is_file() else 0.0)))
+    log(f"  {name}: {dt:.0f} s")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# stage: controls
+# --------------------------------------------------------------------------------------------
+BASES_FM = ("Grad-CAM", "Grad-CAM++", "XGrad-CAM", "LayerCAM", "Score-CAM", "Ablation-CAM")
+
+
+def controls_unit(
+    seed: int, layer: str, base_name: str, sizes: Dict[str, int], log: Callable[[str], None]
+) -> Dict[str, Any]:
+    model = fashion_model(seed, log)
+    x, _ = fashion_split(0, sizes["eval"])
+    base = bases_for(model, LAYERS[layer](model), [base_name])[base_name]
+    g, target = gather(model, base, x)
+    mb, mc = base_maps(g), fused_maps(g, default_cfg())
+    size = tuple(x.shape[-2:])
+    masks_b = maps_to_masks(mb, size)
+    area_c = float(maps_to_masks(mc, size).mean())
+    ctl = area_controls(masks_b, areas={"conceptor": area_c}, map_size=tuple(mb.shape[-2:]), seed=0)
+    names = list(ctl)
+    rows: Dict[str, Dict[str, Tensor]] = {"base": conf(model, x, mb, target), "conceptor": conf(model, x, mc, target)}
+    for kind, key in zip(("power", "blur", "constant", "random"), names):
+        rows[kind] = conf(model, x, ctl[key], target, masks=True)
+    n_r = sizes["ranking"]
+    n_road = sizes["road"]
+    for key, maps in (("base", mb), ("conceptor", mc), ("blur", ctl[names[1]])):
+        rows[key] |= ranking(model, x[:n_r], maps[:n_r], target[:n_r], 14, with_road=False)
+        rows[key] |= ranking(model, x[:n_road], maps[:n_road], target[:n_road], 0, with_road=True)
+    p = float(names[0].split("**")[1].split(" ")[0])
+    return {"rows": rows, "power": p, "control_names": names}
+
+
+def stage_controls(sizes: Dict[str, int], log: Callable[[str], None], quick: bool) -> None:
+    # all six bases at the last conv layer; the second layer is covered (Grad-CAM base) by the search stage
+    for seed in SEEDS[: 1 if quick else 3]:
+        for layer in ("conv3",):
+            for b in BASES_FM[: 2 if quick else 6]:
+                cached(
+                    f"controls_{'q_' if quick else ''}s{seed}_{layer}_{b}",
+                    functools.partial(controls_unit, seed, layer, b, sizes, log),
+                    log,
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# stage: search (Grad-CAM base)
+# --------------------------------------------------------------------------------------------
+APS = (0.5, 1.0, 2.0, 4.0, 8.0)
+APS_NEG = (1.0, 2.0)
+NAPS = (0.25, 0.5, 1.0)
+
+
+def search_space() -> Dict[str, Tuple[Dict[str, Any], List[Dict[str, Any]]]]:
+    """name -> (fixed configuration, grid of tuned apertures)."""
+    pos = [{"aperture": a} for a in APS]
+    neg = [{"aperture": a, "negative_aperture": n} for a in APS_NEG for n in NAPS]
+    sp = {"layout": "spatial", "readout": "fusion"}
+    return {
+        "spatial, no negatives": (sp | {"negatives": "none"}, pos),
+        "spatial, both, AND NOT": (sp | {"negatives": "both", "combine": "and_not"}, neg),
+        "spatial, both, OR NOT": (sp | {"negatives": "both", "combine": "or_not"}, neg),
+        "spatial, both, sum": (sp | {"negatives": "both", "combine": "sum"}, neg),
+        "channel, no negatives": ({"layout": "channel", "readout": "fusion", "negatives": "none"}, pos),
+        "channel, both, AND NOT": (
+            {"layout": "channel", "readout": "fusion", "negatives": "both", "combine": "and_not"},
+            neg,
+        ),
+        "readout R2 quadratic (channel), no negatives": ({"readout": "quadratic"}, pos),
+        "readout R3 reweight (spatial), no negatives": ({"readout": "reweight"}, pos),
+    }
+
+
+def search_unit(seed: int, layer: str, sizes: Dict[str, int], log: Callable[[str], None]) -> Dict[str, Any]:
+    model = fashion_model(seed, log)
+    lay = LAYERS[layer](model)
+    base = LayerGradCam(model, lay)
+    # --- tune split: AD of the power control as a function of log p, then each setting's gap
+    xt, _ = fashion_split(5000, sizes["tune"])
+    gt, tt = gather(model, base, xt)
+    size = tuple(xt.shape[-2:])
+    mbt = maps_to_masks(base_maps(gt), size)
+    logp = np.linspace(math.log(0.05), math.log(8.0), 25)
+    areas_p = np.array([float(power_control(mbt, math.exp(v)).mean()) for v in logp])
+    ad_p = np.array(
+        [float(conf(model, xt, power_control(mbt, math.exp(v)), tt, masks=True)["AD"].mean()) for v in logp]
+    )
+
+    def ad_power_at(area: float) -> float:  # areas decrease with p: interpolate on reversed arrays
+        return float(np.interp(area, areas_p[::-1], ad_p[::-1]))
+
+    tuning: Dict[str, Any] = {}
+    chosen: Dict[str, Dict[str, Any]] = {}
+    for name, (fixed, grid) in search_space().items():
+        rows = []
+        for setting in grid:
+            cfg = fixed | setting
+            c = conf(model, xt, fused_maps(gt, cfg), tt)
+            a, ad = float(c["area"].mean()), float(c["AD"].mean())
+            rows.append((setting, a, ad, ad - ad_power_at(a)))
+        best = min(rows, key=lambda r: r[3])
+        tuning[name] = rows
+        chosen[name] = fixed | best[0]
+    # --- evaluation split, once per configuration
+    xe, _ = fashion_split(0, sizes["eval"])
+    ge, te = gather(model, base, xe)
+    mbe = base_maps(ge)
+    mbe_masks = maps_to_masks(mbe, size)
+    n_r = sizes["ranking_search"]
+    evals: Dict[str, Dict[str, Tensor]] = {
+        "base": conf(model, xe, mbe, te) | ranking(model, xe[:n_r], mbe[:n_r], te[:n_r], 14, False)
+    }
+    for name, cfg in list(chosen.items()) + [("package default", default_cfg())]:
+        mc = fused_maps(ge, cfg)
+        r = conf(model, xe, mc, te) | ranking(model, xe[:n_r], mc[:n_r], te[:n_r], 14, False)
+        ctl = area_controls(mbe_masks, areas={"c": float(r["area"].mean())}, blur_sigma=0, constant=False, random=False)
+        r |= {f"power_{k}": v for k, v in conf(model, xe, next(iter(ctl.values())), te, masks=True).items()}
+        evals[name] = r
+    return {"tuning": tuning, "chosen": chosen, "eval": evals}
+
+
+def stage_search(sizes: Dict[str, int], log: Callable[[str], None], quick: bool) -> None:
+    for seed in SEEDS[: 1 if quick else 3]:
+        for layer in LAYERS:
+            cached(
+                f"search_{'q_' if quick else ''}s{seed}_{layer}",
+                functools.partial(search_unit, seed, layer, sizes, log),
+                log,
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# stage: photos (EfficientNet-Lite0/1/2)
+# --------------------------------------------------------------------------------------------
+VIEWS = [(crop, scale, flip) for crop in ("full", "left80") for scale in (1.0, 256 / 224) for flip in (False, True)]
+
+
+def photo_views(size: int) -> Tuple[Tensor, List[int], List[str]]:
+    from captum_cam_ext.data import bundled_photos, preprocess_efficientnet
+
+    photos = bundled_photos()
+    xs, ids, names = [], [], []
+    for i, (name, img) in enumerate(photos.items()):
+        for crop, scale, flip in VIEWS:
+            im = img if crop == "full" else img[:, : int(img.shape[1] * 0.8)]
+            t = preprocess_efficientnet(np.ascontiguousarray(im), size=size, resize=round(size * scale))
+            xs.append(t.flip(-1) if flip else t)
+            ids.append(i)
+        names.append(name)
+    return torch.cat(xs), ids, names
+
+
+def photos_unit(variant: int, quick: bool, log: Callable[[str], None]) -> Dict[str, Any]:
+    from captum_cam_ext.data import IMAGENET_CLASSES, default_target_layer
+    from captum_cam_ext.data.efficientnet_family import efficientnet_lite_input_size, load_efficientnet_lite
+
+    model = load_efficientnet_lite(variant)
+    x, ids, names = photo_views(efficientnet_lite_input_size(variant))
+    if quick:
+        x, ids = x[:4], ids[:4]
+    layer = default_target_layer(model)
+    out: Dict[str, Any] = {"ids": ids, "photos": names, "rows": {}}
+    for bname, base in bases_for(model, layer, ["Grad-CAM", "Ablation-CAM"]).items():
+        g, target = gather(model, base, x, chunk=8)
+        out["pred"] = [IMAGENET_CLASSES[int(c)] for c in target]
+        mb, mc = base_maps(g), fused_maps(g, default_cfg())
+        size = tuple(x.shape[-2:])
+        masks_b = maps_to_masks(mb, size)
+        area_c = float(maps_to_masks(mc, size).mean())
+        ctl = area_controls(
+            masks_b, areas={"conceptor": area_c}, map_size=tuple(mb.shape[-2:]), constant=False, random=False
+        )
+        keys = list(ctl)
+        out["rows"][bname] = {
+            "base": conf(model, x, mb, target),
+            "conceptor": conf(model, x, mc, target),
+            "power": conf(model, x, ctl[keys[0]], target, masks=True),
+            "blur": conf(model, x, ctl[keys[1]], target, masks=True),
+        }
+    return out
+
+
+def stage_photos(log: Callable[[str], None], quick: bool) -> None:
+    for v in (0, 1, 2)[: 1 if quick else 3]:
+        cached(f"photos_{'q_' if quick else ''}lite{v}", functools.partial(photos_unit, v, quick, log), log)
+
+
+# --------------------------------------------------------------------------------------------
+# stage: sanity
+# --------------------------------------------------------------------------------------------
+def sanity_unit(n: int, log: Callable[[str], None]) -> Dict[str, Any]:
+    model = fashion_model(0, log)
+    x, _ = fashion_split(0, n)
+    out: Dict[str, Any] = {}
+    for bname, base in bases_for(model, model.act, ["Grad-CAM", "Grad-CAM++", "Ablation-CAM"]).items():
+        for name, method in ((bname, base), (f"Conceptor-CAM ({bname})", LayerConceptorCam(model, base=base))):
+            r = parameter_randomization(
+                model, method, x, attribute_kwargs={"relu_attributions": True}, max_examples_per_batch=CHUNK
+            )
+            out[name] = {"layers": r.layers, "spearman": r.spearman, "ssim": r.ssim}
+    return out
+
+
+def stage_sanity(sizes: Dict[str, int], log: Callable[[str], None], quick: bool) -> None:
+    cached(f"sanity_{'q_' if quick else ''}s0", lambda: sanity_unit(sizes["sanity"], log), log)
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+HIGHER = {
+    "AD": False,
+    "AI": True,
+    "AG": True,
+    "area": None,
+    "Ins": True,
+    "Del": False,
+    "ROAD": True,
+    "ROAD_morf": False,
+    "ROAD_lerf": True,
+}
+
+
+def cmp(a: Sequence[Tensor], b: Sequence[Tensor], metric: str, unit: str = "images") -> Dict[str, Any]:
+    """Per seed: paired bootstrap over images; over seeds: Student t on the seed means."""
+    per = [
+        paired_comparison(x, y, metric=metric, higher_is_better=HIGHER[metric], n_boot=2000, unit=unit)
+        for x, y in zip(a, b)
     ]
-    lines = [
-        "| base | negatives | base median (s) | Conceptor-CAM median (s) | ratio |",
-        "|---|---|---|---|---|",
+    if len(per) >= 2:
+        ov = paired_comparison(
+            [r.mean_a for r in per],
+            [r.mean_b for r in per],
+            metric=metric,
+            higher_is_better=HIGHER[metric],
+            method="t",
+            unit="seeds",
+        )
+        lo, hi = ov.ci_low, ov.ci_high
+    else:
+        lo, hi = per[0].ci_low, per[0].ci_high
+    return {
+        "diff": float(np.mean([r.mean_diff for r in per])),
+        "lo": lo,
+        "hi": hi,
+        "win": float(np.mean([r.win_rate for r in per])),
+        "seeds_better": sum(r.verdict == "A better" for r in per),
+        "seeds_worse": sum(r.verdict == "B better" for r in per),
+        "n": per[0].n,
+        "k": len(per),
+    }
+
+
+def fmt_cmp(c: Dict[str, Any], d: int = 2) -> str:
+    sig = "**" if (c["lo"] > 0 or c["hi"] < 0) else ""
+    seeds = f"{c['seeds_better']}/{c['seeds_worse']}"
+    return f"{sig}{c['diff']:+.{d}f} [{c['lo']:+.{d}f}, {c['hi']:+.{d}f}]{sig} ({100 * c['win']:.0f}%; {seeds})"
+
+
+def photo_cmp(per_photo: Dict[str, Dict[str, Tensor]], other: str, metric: str) -> Any:
+    """Conceptor-CAM minus ``other`` over photos (each photo's views averaged: a cluster bootstrap)."""
+    return paired_comparison(
+        per_photo["conceptor"][metric],
+        per_photo[other][metric],
+        metric=metric,
+        a="conceptor",
+        b=other,
+        higher_is_better=HIGHER[metric],
+        n_boot=2000,
+        unit="photos",
+    )
+
+
+def fmt_pc(c: Any, d: int = 1) -> str:
+    sig = "**" if c.resolved else ""
+    return f"{sig}{c.mean_diff:+.{d}f} [{c.ci_low:+.{d}f}, {c.ci_high:+.{d}f}]{sig} ({100 * c.win_rate:.0f}%)"
+
+
+def mean_over(rows: Sequence[Dict[str, Tensor]], key: str) -> float:
+    return float(np.mean([float(r[key].mean()) for r in rows]))
+
+
+def report(out_path: Path, quick: bool, wall: Dict[str, float]) -> None:
+    q = "q_" if quick else ""
+    seeds = SEEDS[: 1 if quick else 3]
+    res: Dict[str, Any] = {"controls": {}, "search": {}, "photos": {}, "sanity": {}}
+    L: List[str] = ["# Conceptor-CAM benchmark: against matched-area controls (issue 13)", ""]
+    L += [
+        f"Generated by `benchmarks/conceptor_bench.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); "
+        f"torch {torch.__version__}, {platform.machine()} CPU, 1 thread, `nice -n 10` on a 2-core machine shared with "
+        "other jobs (load average about 9 during the run: wall times are those of a heavily loaded machine).",
+        "",
     ]
-    for name, cls, kw, neg in configs:
-        base = cls(model, model.layer4, **kw)
-        cc = LayerConceptorCam(model, base=base, negatives=neg, k=K_NEG)
-        tb, tc = [], []
-        for _ in range(runs):  # interleaved, so that load changes hit both alike
-            t0 = time.perf_counter()
-            base.attribute(x)
-            tb.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            cc.attribute(x)
-            tc.append(time.perf_counter() - t0)
-        mb, mc = statistics.median(tb), statistics.median(tc)
-        lines.append(f"| {name} | {neg} | {mb:.3f} | {mc:.3f} | {mc / mb:.2f}x |")
-        log(f"  speed {name} ({neg}): base {mb:.3f} s, conceptor {mc:.3f} s, ratio {mc / mb:.2f}")
-    # the fusion step alone (what Conceptor-CAM adds on top of the passes)
-    base = LayerGradCam(model, model.layer4)
-    g = gather(model, base, x, model(x).argmax(1).detach(), 8, classes=True)
-    tf = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        conceptor_maps(g)
-        tf.append(time.perf_counter() - t0)
-    lines += ["", f"Fusion step alone (8 images, 49 x 49 conceptors, negatives = both): "
-              f"median {statistics.median(tf) * 1000:.0f} ms."]  # fmt: skip
-    return lines
+    L += [
+        "Stage wall times of the run that filled the cache: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
+        + ".",
+        "",
+    ]
+    cfg = default_cfg()
+    L += [
+        f"Conceptor-CAM = the package defaults ({', '.join(f'{k}={v}' for k, v in cfg.items())}). "
+        "Base and Conceptor-CAM maps come from the same activations and weights. "
+        "Confidence metrics (AD, AI, AG, in %) multiply the min-max normalised, upsampled map into the input "
+        "(baseline 0, softmax of the predicted class); mask area = mean of that mask. "
+        "**power** = base mask ** p with p solved so that its mean area (over the images) equals Conceptor-CAM's: "
+        "same pixel ranking as the base, Conceptor-CAM's area. **blur** = Gaussian blur of the base mask "
+        "(sigma = one map cell). Insertion (blurred canvas), Deletion (zeros), 14 steps; ROAD combined "
+        "(noisy linear imputation, percentiles 10..90, (LeRF - MoRF)/2, higher is better). Power has the base's "
+        "ranking, so its ranking metrics equal the base's.",
+        "",
+    ]
+    L += [
+        "Cells `diff [95% CI] (win%; s+/s-)`: mean paired difference A - B (averaged over seeds), its 95% "
+        "interval (Student t over the 3 seed means; with 1 seed a paired bootstrap over images), the win rate of "
+        "A (over images, averaged over seeds), and the number of seeds whose own image-bootstrap interval "
+        "excludes 0 in A's favour / against A. **Bold**: the interval over seeds excludes 0.",
+        "",
+    ]
+
+    # ---------------- controls
+    L += ["## Matched-area controls", ""]
+    for layer in LAYERS:
+        units = {
+            b: [
+                torch.load(CACHE / f"conceptor_controls_{q}s{s}_{layer}_{b}.pt", weights_only=False)
+                for s in seeds
+                if (CACHE / f"conceptor_controls_{q}s{s}_{layer}_{b}.pt").is_file()
+            ]
+            for b in BASES_FM
+        }
+        units = {b: u for b, u in units.items() if len(u) == len(seeds)}
+        if not units:
+            continue
+        n_eval = int(next(iter(units.values()))[0]["rows"]["base"]["AD"].numel())
+        n_rank = int(next(iter(units.values()))[0]["rows"]["base"]["Ins"].numel())
+        n_road = int(next(iter(units.values()))[0]["rows"]["base"]["ROAD"].numel())
+        L += [
+            f"### Fashion-MNIST, layer {layer} ({LAYER_TEXT[layer]}), {len(seeds)} seeds, {n_eval} test images "
+            f"(insertion/deletion on the first {n_rank}, ROAD on the first {n_road})",
+            "",
+        ]
+        L += ["Means over seeds. Mask area: base / Conceptor-CAM / blur (power = Conceptor-CAM's by construction).", ""]
+        L += [
+            "| base | area b / c / blur | p | AD base | AD conceptor | AD power | AD blur | AD const | AD random "
+            "| AI base | AI conceptor | AI power | AI blur |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for b, us in units.items():
+            R = [u["rows"] for u in us]
+            m = {k: {met: mean_over([r[k] for r in R], met) for met in ("AD", "AI", "AG", "area")} for k in R[0]}
+            p = float(np.mean([u["power"] for u in us]))
+            L.append(
+                f"| {b} | {m['base']['area']:.3f} / {m['conceptor']['area']:.3f} / {m['blur']['area']:.3f} | {p:.2f} | "
+                + " | ".join(f"{m[k]['AD']:.2f}" for k in ("base", "conceptor", "power", "blur", "constant", "random"))
+                + " | "
+                + " | ".join(f"{m[k]['AI']:.1f}" for k in ("base", "conceptor", "power", "blur"))
+                + " |"
+                f"{m['power']['AI']:.1f} | {m['blur']['AI']:.1f} |"
+            )
+        L += [
+            "",
+            "Paired differences, Conceptor-CAM minus control "
+            "(AD: negative = Conceptor-CAM better; AI, AG: positive = better):",
+            "",
+        ]
+        L += [
+            "| base | AD vs base | AD vs power | AD vs blur | AI vs power | AG vs power |",
+            "|---|---|---|---|---|---|",
+        ]
+        for b, us in units.items():
+            R = [u["rows"] for u in us]
+            c = {
+                (met, k): cmp([r["conceptor"][met] for r in R], [r[k][met] for r in R], met)
+                for met in ("AD", "AI", "AG")
+                for k in ("base", "power", "blur")
+            }
+            res["controls"][f"{layer}/{b}"] = {f"{met} vs {k}": v for (met, k), v in c.items()}
+            L.append(
+                f"| {b} | {fmt_cmp(c['AD', 'base'])} | {fmt_cmp(c['AD', 'power'])} | {fmt_cmp(c['AD', 'blur'])} | "
+                f"{fmt_cmp(c['AI', 'power'], 1)} | {fmt_cmp(c['AG', 'power'])} |"
+            )
+        has_road = "ROAD" in next(iter(units.values()))[0]["rows"]["base"]
+        rk = ["Ins", "Del"] + (["ROAD"] if has_road else [])
+        L += ["", "Ranking metrics (area-insensitive), Conceptor-CAM minus base, and the blurred base minus base:", ""]
+        L += [
+            "| base | " + " | ".join(f"{k} base | {k}: conceptor - base | {k}: blur - base" for k in rk) + " |",
+            "|---|" + "---|---|---|" * len(rk),
+        ]
+        for b, us in units.items():
+            R = [u["rows"] for u in us]
+            cells = []
+            for met in rk:
+                cc = cmp([r["conceptor"][met] for r in R], [r["base"][met] for r in R], met)
+                cb = cmp([r["blur"][met] for r in R], [r["base"][met] for r in R], met)
+                res["controls"][f"{layer}/{b}"][f"{met} vs base"] = cc
+                res["controls"][f"{layer}/{b}"][f"{met} blur vs base"] = cb
+                cells += [f"{mean_over([r['base'] for r in R], met):.4f}", fmt_cmp(cc, 4), fmt_cmp(cb, 4)]
+            L.append(f"| {b} | " + " | ".join(cells) + " |")
+        L += [
+            "",
+            "The paper's convention (relative change of the means; AD gain = AD_base / AD_new - 1, AI gain = "
+            "AI_new / AI_base - 1), Conceptor-CAM vs base and, for the same area, the power control vs base:",
+            "",
+        ]
+        L += [
+            "| base | AD gain conceptor | AD gain power | AI gain conceptor | AI gain power |",
+            "|---|---|---|---|---|",
+        ]
+        for b, us in units.items():
+            R = [u["rows"] for u in us]
+            adb, adc, adp = (mean_over([r[k] for r in R], "AD") for k in ("base", "conceptor", "power"))
+            aib, aic, aip = (mean_over([r[k] for r in R], "AI") for k in ("base", "conceptor", "power"))
+            rel = lambda a, b: f"{100 * (a / b - 1):+.0f}%" if b else "n/a"  # noqa: E731
+            L.append(f"| {b} | {rel(adb, adc)} | {rel(adb, adp)} | {rel(aic, aib)} | {rel(aip, aib)} |")
+        L.append("")
+
+    # ---------------- search
+    space = search_space()
+    units_s = {
+        layer: [
+            torch.load(CACHE / f"conceptor_search_{q}s{s}_{layer}.pt", weights_only=False)
+            for s in seeds
+            if (CACHE / f"conceptor_search_{q}s{s}_{layer}.pt").is_file()
+        ]
+        for layer in LAYERS
+    }
+    units_s = {k: v for k, v in units_s.items() if len(v) == len(seeds)}
+    if units_s:
+        L += ["## What the conceptor adds: configurations tuned on held-out images (Grad-CAM base)", ""]
+        L += [
+            "Each configuration's apertures (positive from "
+            + ", ".join(map(str, APS))
+            + "; with negatives "
+            + ", ".join(map(str, APS_NEG))
+            + " x negative aperture "
+            + ", ".join(map(str, NAPS))
+            + ") were tuned per "
+            "seed and layer on Fashion-MNIST test images 5000-5199 to minimise the AD gap to the matched-area power "
+            "control, then evaluated once on test images 0-499 (disjoint). R2/R3 readouts are benchmark-only "
+            "variants (positive evidence only) computed with `captum_cam_ext.conceptor`. Ins/Del on the first "
+            "evaluation images.",
+            "",
+        ]
+        for layer, us in units_s.items():
+            n_r = int(us[0]["eval"]["base"]["Ins"].numel())
+            L += [f"### Layer {layer} ({LAYER_TEXT[layer]}); Ins/Del on {n_r} images", ""]
+            L += [
+                "| configuration | tuned (per seed) | area | AD | AD - AD power (same area) | AI - AI power "
+                "| Ins - base | Del - base |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            E = [u["eval"] for u in us]
+            L.append(
+                f"| Grad-CAM (base) | | {mean_over([e['base'] for e in E], 'area'):.3f} | "
+                f"{mean_over([e['base'] for e in E], 'AD'):.2f} | | | | |"
+            )
+            for name in list(space) + ["package default"]:
+                ch = (
+                    ", ".join(
+                        "/".join(
+                            f"{v:g}" for k, v in u["chosen"][name].items() if k in ("aperture", "negative_aperture")
+                        )
+                        for u in us
+                    )
+                    if name in us[0]["chosen"]
+                    else "fixed"
+                )
+                ev = [e[name] for e in E]
+                c_ad = cmp([e["AD"] for e in ev], [e["power_AD"] for e in ev], "AD")
+                c_ai = cmp([e["AI"] for e in ev], [e["power_AI"] for e in ev], "AI")
+                c_in = cmp([e["Ins"] for e in ev], [e["Ins"] for e in (x["base"] for x in E)], "Ins")
+                c_de = cmp([e["Del"] for e in ev], [e["Del"] for e in (x["base"] for x in E)], "Del")
+                res["search"][f"{layer}/{name}"] = {
+                    "chosen": [u["chosen"].get(name) for u in us],
+                    "AD vs power": c_ad,
+                    "AI vs power": c_ai,
+                    "Ins vs base": c_in,
+                    "Del vs base": c_de,
+                }
+                L.append(
+                    f"| {name} | {ch} | {mean_over(ev, 'area'):.3f} | {mean_over(ev, 'AD'):.2f} | {fmt_cmp(c_ad)} | "
+                    f"{fmt_cmp(c_ai, 1)} | {fmt_cmp(c_in, 4)} | {fmt_cmp(c_de, 4)} |"
+                )
+            L.append("")
+
+    # ---------------- photos
+    ph = {
+        v: torch.load(CACHE / f"conceptor_photos_{q}lite{v}.pt", weights_only=False)
+        for v in (0, 1, 2)
+        if (CACHE / f"conceptor_photos_{q}lite{v}.pt").is_file()
+    }
+    if ph:
+        any_u = next(iter(ph.values()))
+        L += ["## Real photos: EfficientNet-Lite0/1/2 (pretrained ImageNet)", ""]
+        L += [
+            f"{len(any_u['photos'])} bundled photos ({', '.join(any_u['photos'])}), {len(VIEWS)} views each "
+            "(full image or "
+            "its left 80%; shorter side resized to the input size or 256/224 of it, then centre-cropped; mirrored or "
+            "not). Views of one photo are correlated: each photo's views are averaged first and the intervals are "
+            f"paired bootstraps over the {len(any_u['photos'])} photos (a cluster bootstrap). Head activation "
+            "(1280 x 7/8/9 x 7/8/9), predicted class. With 6 photos an interval that excludes 0 needs nearly every "
+            "photo to agree.",
+            "",
+        ]
+        L += [
+            "| model | base | area b / c | AD base | AD conceptor | AD power | AD blur | AI base | AI conceptor "
+            "| AI power | AD: conceptor - base | AD: conceptor - power | AI: conceptor - power "
+            "| AD gain (paper conv.) | AI gain (paper conv.) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v, u in ph.items():
+            ids = torch.tensor(u["ids"])
+            k = int(ids.max()) + 1
+            for b, rows in u["rows"].items():
+                per_photo = {
+                    r: {m: torch.stack([rows[r][m][ids == i].mean() for i in range(k)]) for m in ("AD", "AI", "area")}
+                    for r in rows
+                }
+                c1 = photo_cmp(per_photo, "base", "AD")
+                c2 = photo_cmp(per_photo, "power", "AD")
+                c3 = photo_cmp(per_photo, "power", "AI")
+                mm = {r: {m: float(per_photo[r][m].mean()) for m in ("AD", "AI", "area")} for r in rows}
+                ad_gain = f"{100 * (mm['base']['AD'] / mm['conceptor']['AD'] - 1):+.0f}%"
+                ai_gain = f"{100 * (mm['conceptor']['AI'] / mm['base']['AI'] - 1):+.0f}%" if mm["base"]["AI"] else "n/a"
+                res["photos"][f"lite{v}/{b}"] = {
+                    "AD vs base": c1.to_dict(),
+                    "AD vs power": c2.to_dict(),
+                    "AI vs power": c3.to_dict(),
+                }
+                cells = [f"Lite{v}", b, f"{mm['base']['area']:.3f} / {mm['conceptor']['area']:.3f}"]
+                cells += [f"{mm[r]['AD']:.2f}" for r in ("base", "conceptor", "power", "blur")]
+                cells += [f"{mm[r]['AI']:.1f}" for r in ("base", "conceptor", "power")]
+                cells += [fmt_pc(c1), fmt_pc(c2), fmt_pc(c3), ad_gain, ai_gain]
+                L.append("| " + " | ".join(cells) + " |")
+        L += [
+            "",
+            "Cells: `diff [95% CI over photos] (win rate over photos)`. The paper's abstract (ILSVRC2012, "
+            "relative gains over the base CAMs): AI +43.14% to +72.79%, AD +88.39% to +168.15% (our reading of its "
+            "AD convention: AD_base / AD_new - 1; research note §5.3).",
+            "",
+        ]
+
+    # ---------------- sanity
+    sp = CACHE / f"conceptor_sanity_{q}s0.pt"
+    if sp.is_file():
+        s = torch.load(sp, weights_only=False)
+        L += ["## Sanity check: cascading parameter randomisation", ""]
+        first = next(iter(s.values()))
+        n = int(first["spearman"].shape[1])
+        L += [
+            f"Fashion-MNIST CNN seed 0, layer conv3, {n} test images, predicted classes; layers re-initialised "
+            "from the top down (cascading, Quantus' order and seeding), maps (ReLU'd, upsampled) compared with the "
+            "original ones. "
+            "Mean Spearman rank correlation / SSIM per step (NaN maps, e.g. all-zero, left out). A method that passes "
+            "falls towards 0.",
+            "",
+        ]
+        L += [
+            "| method | " + " | ".join(f"{i + 1}: {name}" for i, name in enumerate(first["layers"])) + " |",
+            "|---|" + "---|" * len(first["layers"]),
+        ]
+        for name, r in s.items():
+            cells = []
+            for i in range(len(r["layers"])):
+                spv, ssv = r["spearman"][i], r["ssim"][i]
+                cells.append(
+                    f"{float(spv[torch.isfinite(spv)].mean()):.2f} / {float(ssv[torch.isfinite(ssv)].mean()):.2f}"
+                )
+            res["sanity"][name] = cells
+            L.append(f"| {name} | " + " | ".join(cells) + " |")
+        L.append("")
+    out_path.write_text("\n".join(L) + "\n")
+    out_path.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
 
 
 # --------------------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and one seed (separate cache names)")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--out", default=str(RESULTS / "conceptor.md"))
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)
     q = args.quick
-    t_start = time.time()
-    log_lines: List[str] = []
+    sizes = (
+        {"eval": 40, "ranking": 16, "road": 8, "tune": 40, "ranking_search": 16, "sanity": 8}
+        if q
+        else {"eval": 500, "ranking": 100, "road": 100, "tune": 200, "ranking_search": 100, "sanity": 100}
+    )
+    log_path = ROOT / "benchmarks" / "logs" / f"conceptor_bench{'_quick' if q else ''}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
-        print(msg, flush=True)
-        log_lines.append(msg)
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with log_path.open("a") as fh:
+            fh.write(line + "\n")
 
-    out: List[str] = [
-        "# Conceptor-CAM benchmark",
-        "",
-        "Generated by `benchmarks/conceptor_bench.py` "
-        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}), torch {torch.__version__}, "
-        "1 CPU thread (a 2-core machine shared with other jobs: timings are noisy).",
-        "",
-        "Conceptor-CAM defaults: spatial conceptor over the h*w positions, trace-normalised "
-        "correlations, aperture 2, negatives = both (top-3 competitor classes + negatively "
-        "weighted channels) pooled into one negative conceptor with aperture 0.5, "
-        "C = C+ AND NOT C-, readout s = C m, ReLU. The apertures 2 / 0.5 were chosen on "
-        "Fashion-MNIST test images 5000-5399 (disjoint from the 1000 evaluated here) with this "
-        "CNN, after earlier runs with the research note's suggestion (aperture sqrt(h*w) = 7, "
-        "same aperture for the negatives) made every gradient base worse (see the ablations, "
-        "which include those settings); nothing else was tuned. "
-        "Base and conceptor maps come from the same activations and weights. "
-        "AD/AI in %; maps min-max normalised after bilinear upsampling and multiplied into the "
-        "model's input tensor (baseline 0), softmax probability of the predicted class. "
-        "Insertion: blurred canvas; Deletion: zeros; AUC over evenly spaced steps. "
-        "Δ = (conceptor - base) / |base|; arrows give the better direction.",
-        "",
-    ]
-
-    # (b) Fashion-MNIST first (cheap, many images)
-    log("(b) Fashion-MNIST CNN")
-    n_test = 64 if q else 1000
-    fm, xf, acc = fashion_model_and_data(n_test, log)
-    bases_f = [
-        ("Grad-CAM", LayerGradCam(fm, fm.act)),
-        ("Grad-CAM++", LayerGradCamPlusPlus(fm, fm.act)),
-        ("XGrad-CAM", LayerXGradCam(fm, fm.act)),
-        ("LayerCAM", LayerCam(fm, fm.act)),
-        ("Score-CAM", LayerScoreCam(fm, fm.act, batch_size=64)),
-        ("Ablation-CAM", LayerAblationCam(fm, fm.act, batch_size=64)),
-    ]
-    out += [f"## (b) Fashion-MNIST CNN ({n_test} test images, test accuracy {100 * acc:.1f}%)", ""]
-    out += [
-        "Small CNN with batch norm trained by the benchmark (3 epochs, Adam; inputs in [0, 1] so the masking "
-        "baseline 0 is the black background). CAM layer: last conv + ReLU, 64 x 7 x 7. "
-        "Insertion/Deletion with 14 steps (in the ablations: on the first 250 images only, to "
-        "save time; AD/AI on all).",
-        "",
-    ]
-    out += setting("Fashion-MNIST", fm, fm.act, xf, bases_f, n_steps=14, chunk=250,
-                   causal_ablation=250 if not q else 16, log=log)  # fmt: skip
-    out.append("")
-
-    # (a) EfficientNet-Lite0 on the bundled photos
-    log("(a) EfficientNet-Lite0")
-    em, elayer, xe, names = photos_model_and_data()
-    if q:
-        xe, names = xe[:2], names[:2]
-    bases_e = [
-        ("Grad-CAM", LayerGradCam(em, elayer)),
-        ("Grad-CAM++", LayerGradCamPlusPlus(em, elayer)),
-        ("XGrad-CAM", LayerXGradCam(em, elayer)),
-        ("LayerCAM", LayerCam(em, elayer)),
-        ("Ablation-CAM", LayerAblationCam(em, elayer, batch_size=640)),
-    ]
-    out += [f"## (a) EfficientNet-Lite0, pretrained, {xe.shape[0]} real photos", ""]
-    out += [
-        "Images: the bundled photos and their mirror images, predicted classes: "
-        + "; ".join(names) + ". CAM layer: head activation, 1280 x 7 x 7. Insertion/Deletion "
-        "with 8 steps. **Score-CAM is left out of this setting**: 1280 masked forward passes "
-        "per image and class (x4 with the competitor classes) do not fit the time budget on one "
-        "shared CPU thread; Score-CAM is compared in setting (b). Ablation-CAM uses the engine's "
-        "in-hook ablation (one forward per image and class). Only 12 images: differences of a "
-        "few points are within noise here (one image = 8.3 points of AI).",
-        "",
-    ]  # fmt: skip
-    out += setting("EfficientNet-Lite0", em, elayer, xe, bases_e, n_steps=8, chunk=12,
-                   causal_ablation=0, log=log)  # fmt: skip
-    out.append("")
-
-    log("speed")
-    out += [
-        "## Speed: Conceptor-CAM vs its base (ResNet-50, random weights, layer4, batch 8, CPU)",
-        "",
-        f"Medians of {2 if q else 5} interleaved runs of `attribute` (1 thread). Goal: <= 1.3x. "
-        "Score-CAM is not timed on ResNet-50 (2048 masked forwards per image). With "
-        "negatives='classes'/'both', perturbation bases score the target and its competitor "
-        "classes from the same masked/ablated passes (`compute_for_targets`); gradient bases get "
-        "the competitor gradients from the same forward pass (one extra backward through the "
-        "head per class).",
-        "",
-    ]
-    out += speed(2 if q else 5, log)
-    total = time.time() - t_start
-    out += ["", f"Total benchmark time: {total / 60:.1f} min."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(out) + "\n")
-    log(f"wrote {args.out} in {total:.0f} s")
+    for st in args.stages:
+        log(f"stage {st}")
+        if st == "train":
+            for seed in SEEDS[: 1 if q else 3]:
+                fashion_model(seed, log)
+        elif st == "controls":
+            stage_controls(sizes, log, q)
+        elif st == "search":
+            stage_search(sizes, log, q)
+        elif st == "photos":
+            stage_photos(log, q)
+        elif st == "sanity":
+            stage_sanity(sizes, log, q)
+        else:
+            wall = {
+                s: json.loads(p.read_text())
+                for s in STAGES
+                if (p := CACHE / f"conceptor_{'q_' if q else ''}wall_{s}.json").is_file()
+            }
+            report(Path(args.out), q, wall)
+            log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
