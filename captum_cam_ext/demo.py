@@ -101,8 +101,10 @@ def run_demo(
         ({name: {"seconds", "average_drop", "average_increase", "masked_prob"}}),
         ``maps`` ({name: Tensor (1, 1, 7, 7)}).
     """
-    from captum_cam_ext import LayerGradCam, LayerGradCamPlusPlus, LayerScoreCam
     from captum_cam_ext.attr.conceptor_cam import LayerConceptorCam
+    from captum_cam_ext.attr.grad_cam import LayerGradCam
+    from captum_cam_ext.attr.grad_cam_pp import LayerGradCamPlusPlus
+    from captum_cam_ext.attr.score_cam import LayerScoreCam
     from captum_cam_ext.data import IMAGENET_CLASSES, load_efficientnet_lite0, preprocess_efficientnet
     from captum_cam_ext.metrics import confidence_metrics
     from captum_cam_ext.visualization import save_figure

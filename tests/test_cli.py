@@ -271,7 +271,6 @@ def test_evaluate_fashion_mnist_works_with_a_torchvision_model_and_states_the_co
     import torch.nn.functional as F
     import torchvision
 
-    from captum_cam_ext.cli.preprocessing import IMAGENET_MEAN, IMAGENET_STD
     from captum_cam_ext.metrics import confidence_metrics
 
     images, labels = _fmnist_or_skip()
@@ -291,8 +290,8 @@ def test_evaluate_fashion_mnist_works_with_a_torchvision_model_and_states_the_co
     # the same numbers from the stated conversion, done by hand
     gray = torch.from_numpy(images[:3]).float().div(255)[:, None]
     x = F.interpolate(gray, size=(64, 64), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-    x = (x.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-        IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])  # ImageNet
+    x = (x.expand(-1, 3, -1, -1) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     target = torch.from_numpy(labels[:3])
     maps = LayerGradCam(model, model.layer4).attribute(x, target=target, relu_attributions=True)
     drop = confidence_metrics(model, x, maps, target=target).drop
@@ -461,3 +460,24 @@ def test_the_wheel_ships_py_typed(tmp_path):
     assert "captum_cam_ext/py.typed" in names and "captum_cam_ext/cli/__init__.py" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert "captum-cam-ext = captum_cam_ext.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
+
+
+def test_evaluate_metrics_come_from_the_metric_registry_and_controls_add_rows(photo_dir, tmp_path, capsys):
+    from captum_cam_ext.cli import build_parser
+    from captum_cam_ext.metrics.registry import metric_specs
+
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help().split())
+    for name, spec in metric_specs().items():
+        assert name in help_text
+        if spec.higher_is_better is not None:
+            assert f"{name} ({spec.direction} is better)" in help_text
+    path = tmp_path / "tiny.pt"
+    torch.save(_tiny_model(in_ch=3), path)
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(photo_dir), "--model", str(path), "--size", "32", "--layer", "2",
+                 "--metrics", "average_drop", "--controls", "--out", str(out), "--no-progress"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    rows = list(data["means"])
+    assert rows[0] == "gradcam" and len(rows) > 1 and any(r.startswith("constant") for r in rows)
+    assert set(data["controls"]) == set(rows[1:])
+    assert set(data["means"]["gradcam"]) >= {"average_drop", "mask_area"}  # the area comes with AD

@@ -15,19 +15,26 @@ from captum_cam_ext.cli.images import ConvertedImages, ImageFolder, output_folde
 from captum_cam_ext.cli.methods import build_method, resolve_methods
 from captum_cam_ext.cli.models import LoadedModel, load_model
 from captum_cam_ext.cli.options import add_method_arg, add_model_args, target_layer
+from captum_cam_ext.metrics.registry import default_metric_names, metric_specs
 
-__all__ = ["CAUSAL_METRICS", "DEFAULT_METRICS", "add_parser", "metric_names", "resolve_metrics", "run"]
+__all__ = ["CAUSAL_METRICS", "add_parser", "metric_names", "metrics_help", "resolve_metrics", "run"]
 
 DEFAULT_METHODS = ["gradcam"]
-DEFAULT_METRICS = ("average_drop", "average_increase", "average_gain")
+#: what ``--causal`` adds
 CAUSAL_METRICS = ("deletion_auc", "insertion_auc")
 
 
 def metric_names() -> List[str]:
-    """Every metric ``evaluate`` can compute, in report order."""
-    from captum_cam_ext.evaluation import METRIC_NAMES
+    """Every registered metric (:func:`captum_cam_ext.metrics.registry.metric_specs`), in report order."""
+    return list(metric_specs())
 
-    return list(METRIC_NAMES)
+
+def metrics_help() -> str:
+    """The ``--metrics`` help: each registered metric with its better direction."""
+    items = [f"{n} ({s.direction} is better)" if s.higher_is_better is not None else n
+             for n, s in metric_specs().items()]
+    return (f"metric(s), comma-separated or repeated: {', '.join(items)} "
+            f"(default {','.join(default_metric_names())})")
 
 
 def resolve_metrics(spec: Optional[Sequence[str]], causal: bool) -> List[str]:
@@ -40,7 +47,7 @@ def resolve_metrics(spec: Optional[Sequence[str]], causal: bool) -> List[str]:
     """
     known = metric_names()
     wanted: List[str] = []
-    for item in spec or DEFAULT_METRICS:
+    for item in spec or default_metric_names():
         wanted += [p.strip().lower().replace("-", "_") for p in item.split(",") if p.strip()]
     if causal:
         wanted += list(CAUSAL_METRICS)
@@ -63,12 +70,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, default=None, help="first N examples only")
     add_model_args(v)
     add_method_arg(v, " (default gradcam)")
-    v.add_argument("--metrics", action="append", default=None,
-                   help=f"metric(s), comma-separated or repeated: {', '.join(metric_names())} "
-                        f"(default {','.join(DEFAULT_METRICS)})")
+    v.add_argument("--metrics", action="append", default=None, help=metrics_help())
     v.add_argument("--target", choices=("pred", "label"), default="pred")
     v.add_argument("--causal", action="store_true", help="also deletion/insertion AUC")
     v.add_argument("--causal-steps", type=int, default=16)
+    v.add_argument("--controls", action="store_true",
+                   help="add matched-area control rows (powers of the first method's map matched to each "
+                        "method's mask area, blur, constant, random) and their paired comparisons")
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--method-batch-size", type=int, default=32)
     v.add_argument("--per-example", action="store_true", help="keep per-example values in the JSON")
@@ -125,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     cams = {m: build_method(m, lm.model, tl.layer, args.method_batch_size, tl.reshape_transform) for m in methods}
     res = evaluate(lm.model, tl.layer, cams, dataset, batch_size=args.batch_size,
                    target=args.target, metrics=metrics, causal_steps=args.causal_steps,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, controls=args.controls)
     if out is None:
         return 0
     md = results_markdown(res, title=f"{lm.name}, layer {tl.describe()}: {title}")

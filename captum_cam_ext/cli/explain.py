@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     files = list_images(src)
     if not files:
         raise CliError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {src}")
+    fixed_target = parse_target(args.target, lm.class_names)
+    if fixed_target is not None and lm.num_classes is not None and not 0 <= fixed_target < lm.num_classes:
+        raise CliError(f"--target {fixed_target} is out of range for {lm.num_classes} classes")
     out = output_folder(args.out)
     cams = {m: build_method(m, lm.model, tl.layer, args.batch_size, tl.reshape_transform) for m in methods}
     folder = src.is_dir()
@@ -79,11 +82,7 @@ def run(args: argparse.Namespace) -> int:
         x = lm.preprocess(img)
         with torch.no_grad():
             probs = torch.softmax(lm.model(x), dim=1)[0]
-        target = parse_target(args.target, lm.class_names)
-        if target is None:
-            target = int(probs.argmax())
-        if not 0 <= target < probs.numel():
-            raise CliError(f"--target {target} is out of range for {probs.numel()} classes")
+        target = int(probs.argmax()) if fixed_target is None else fixed_target
         cname = lm.class_names[target] if lm.class_names is not None else f"class {target}"
         view = lm.display(x)
         entry: Dict[str, Any] = {}

@@ -19,7 +19,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "load_torchvision",
     "read_state_dict",
     "torchvision_classifiers",
+    "transformer_settings",
 ]
 
 EFFICIENTNET_NAMES = ("efficientnet_lite0", "efficientnetlite0")
@@ -62,6 +63,8 @@ class LoadedModel:
         Names of the output classes (ImageNet for 1000-class torchvision models).
     token_layout : str, optional
         ``"vit"`` when the model's blocks output tokens ``(N, 1 + h*w, D)`` (``--reshape auto``).
+    num_classes : int, optional
+        Width of the model's output, measured by :func:`check_forward`.
     """
 
     model: nn.Module
@@ -70,6 +73,7 @@ class LoadedModel:
     default_layer: Optional[str] = None
     class_names: Optional[Sequence[str]] = None
     token_layout: Optional[str] = None
+    num_classes: Optional[int] = None
 
     def preprocess(self, image: Any) -> Tensor:
         """uint8 image ``(H, W, 3)`` or ``(H, W)`` -> model input ``(1, C, S, S)``."""
@@ -184,21 +188,38 @@ def load_torchvision(
         warn(f"{arch}: no --weights given, using RANDOM weights (the maps are not meaningful); "
              "pass --weights FILE with a local state_dict")
     model.eval()
-    default_layer, token_layout = None, None
-    if isinstance(model, torchvision.models.VisionTransformer):
-        native = int(model.image_size)
-        if size is not None and size != native:
-            raise CliError(f"{arch} takes {native}x{native} inputs only (its position embeddings are "
-                           f"fixed); drop --size {size}")
-        size = native
-        # the last block's first LayerNorm, as in pytorch-grad-cam's ViT example
-        last_block = list(model.encoder.layers.named_children())[-1][0]
-        default_layer, token_layout = f"encoder.layers.{last_block}.ln_1", "vit"
+    default_layer, token_layout, size = transformer_settings(model, arch, size)
     mode = "imagenet" if preprocessing == "auto" else preprocessing
     prep = make_preprocessing(mode, 3, size or 224)
     n_out = getattr(getattr(model, "fc", None), "out_features", None)
     names = IMAGENET_CLASSES if n_out in (None, 1000) else None
     return LoadedModel(model, arch, prep, default_layer, names, token_layout)
+
+
+def transformer_settings(
+    model: nn.Module, name: str, size: Optional[int]
+) -> Tuple[Optional[str], Optional[str], Optional[int]]:
+    """``(default layer, token layout, input size)`` of a torchvision Vision Transformer.
+
+    The default layer is the last encoder block's first LayerNorm (as in pytorch-grad-cam's ViT
+    example), its tokens are laid out as a grid (``vit``), and the input size is the model's
+    ``image_size`` (its position embeddings fix it). Other models: ``(None, None, size)``.
+
+    Raises
+    ------
+    CliError
+        A ``size`` other than the ViT's ``image_size``.
+    """
+    import torchvision
+
+    if not isinstance(model, torchvision.models.VisionTransformer):
+        return None, None, size
+    native = int(model.image_size)
+    if size is not None and size != native:
+        raise CliError(f"{name} takes {native}x{native} inputs only (its position embeddings are fixed); "
+                       f"drop --size {size}")
+    last_block = list(model.encoder.layers.named_children())[-1][0]
+    return f"encoder.layers.{last_block}.ln_1", "vit", native
 
 
 def read_state_dict(path: str) -> Dict[str, Tensor]:
@@ -290,17 +311,21 @@ def load_model_file(path: Path, weights: Optional[str], size: Optional[int], pre
             "(torch.save(model, path)), or give --model ARCH --weights FILE for a state_dict"
         )
     model.eval()
+    default_layer, token_layout, size = transformer_settings(model, path.name, size)
     channels = first_conv_in_channels(model)
     mode = preprocessing
     if mode == "auto":
         mode = "fashion-mnist" if channels == 1 else "imagenet"
     default_size = 28 if mode == "fashion-mnist" else 224
     prep = make_preprocessing(mode, 1 if channels == 1 else 3, size or default_size)
-    return LoadedModel(model, path.name, prep)
+    return LoadedModel(model, path.name, prep, default_layer, None, token_layout)
 
 
 def check_forward(lm: LoadedModel) -> None:
-    """One forward pass on a zero input of the preprocessing's shape; a clear error if it fails."""
+    """One forward pass on a zero input of the preprocessing's shape; a clear error if it fails.
+
+    Sets ``lm.num_classes``.
+    """
     p = lm.preprocessing
     shape = (1, p.channels, p.size, p.size)
     try:
@@ -315,3 +340,4 @@ def check_forward(lm: LoadedModel) -> None:
         what = f"a {tuple(out.shape)} tensor" if isinstance(out, Tensor) else f"a {type(out).__name__}"
         raise CliError(f"{lm.name} returns {what}, not (N, classes) logits; the command line explains "
                        "classifiers (wrap other models in Python, see the docs)")
+    lm.num_classes = int(out.shape[1])

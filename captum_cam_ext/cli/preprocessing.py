@@ -117,7 +117,7 @@ class Preprocessing:
             geometry = f"shorter side resized to {max(self.size, round(self.size * 256 / 224))} and centre-cropped"
         else:
             geometry = f"resized to {self.size}x{self.size}"
-        colour = "grayscale" if self.channels == 1 else "RGB (grayscale replicated)"
+        colour = "grayscale" if self.channels == 1 else "RGB"
         return f"{self.channels}x{self.size}x{self.size} {colour}, {geometry}, {self.normalization_text()}"
 
     def describe_conversion(self, source: str, height: int, width: int, channels: int) -> str:
