@@ -64,13 +64,17 @@ __all__ = [
 # issue 16: the methods and targets of pytorch-grad-cam and torchcam (appended)
 from captum_cam_ext import targets  # noqa: E402
 from captum_cam_ext.attr import (  # noqa: E402
+    DeepFeatureFactorization,
+    FullGrad,
     LayerFem,
     LayerFinerCam,
     LayerGapCam,
     LayerGradCamElementWise,
     LayerIsCam,
     LayerKpcaCam,
+    LayerLeGrad,
     LayerRandomCam,
+    LayerRefineCam,
     LayerShapleyCam,
     LayerSmoothGradCamPlusPlus,
     LayerSsCam,
@@ -87,5 +91,9 @@ __all__ += [
     "LayerSmoothGradCamPlusPlus",
     "LayerSsCam",
     "LayerIsCam",
+    "FullGrad",
+    "LayerLeGrad",
+    "LayerRefineCam",
+    "DeepFeatureFactorization",
     "targets",
 ]

@@ -45,6 +45,10 @@ from captum_cam_ext.attr.random_cam import LayerRandomCam
 from captum_cam_ext.attr.smooth_grad_cam_pp import LayerSmoothGradCamPlusPlus
 from captum_cam_ext.attr.ss_cam import LayerSsCam
 from captum_cam_ext.attr.is_cam import LayerIsCam
+from captum_cam_ext.attr.full_grad import FullGrad
+from captum_cam_ext.attr.legrad import LayerLeGrad
+from captum_cam_ext.attr.refine_cam import LayerRefineCam
+from captum_cam_ext.attr.deep_feature_factorization import DeepFeatureFactorization
 
 __all__ += [
     "LayerFem",
@@ -57,4 +61,8 @@ __all__ += [
     "LayerSmoothGradCamPlusPlus",
     "LayerSsCam",
     "LayerIsCam",
+    "FullGrad",
+    "LayerLeGrad",
+    "LayerRefineCam",
+    "DeepFeatureFactorization",
 ]
