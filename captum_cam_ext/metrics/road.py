@@ -48,6 +48,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -160,8 +161,11 @@ def road_masks(
     flat = maps.reshape(n, num)
     score = flat if order == "morf" else 1 - flat  # high score = removed first
     if ties == "threshold":
-        q = torch.quantile(score, (pct / 100).to(score.dtype).to(score.device), dim=1)  # (K, N)
-        removed = score[:, None, :] >= q.t()[:, :, None]
+        # numpy's percentile (linear interpolation, in the maps' dtype), as the reference code: the
+        # same thresholds to the last bit, so that the same pixels tie with them
+        q = np.percentile(score.detach().cpu().numpy(), pct.numpy(), axis=1)  # (K, N)
+        thr = torch.from_numpy(np.ascontiguousarray(q.T)).to(score.device, score.dtype)
+        removed = score[:, None, :] >= thr[:, :, None]
         return removed.view(n, len(pct), h, w)
     # rank: exactly the nominal count, ties in a seeded random order
     idx = list(indices) if indices is not None else list(range(n))
@@ -195,7 +199,6 @@ def _solve_direct(x: Tensor, removed: Tensor, banded_max: int = 128) -> Tensor:
     chunk; above ``banded_max`` the sparse LU of SuperLU (better fill-in on large grids) is used.
     """
     try:
-        import numpy as np
         from scipy.linalg import solveh_banded
         from scipy.sparse import csc_matrix
         from scipy.sparse.linalg import spsolve
