@@ -39,7 +39,8 @@ def attention_of(block: nn.Module, name: str) -> nn.MultiheadAttention:
         )
     if not attention.batch_first:
         raise ValueError(f"LeGrad needs batch-first attention; {name}.self_attention has batch_first=False")
-    if not attention._qkv_same_embed_dim or attention.bias_k is not None or attention.add_zero_attn:
+    same_dims = attention.kdim == attention.embed_dim == attention.vdim and attention.in_proj_weight is not None
+    if not same_dims or attention.bias_k is not None or attention.add_zero_attn:
         raise ValueError(f"LeGrad needs plain self-attention (one Q/K/V projection, no added tokens) in {name}")
     return attention
 
