@@ -152,9 +152,21 @@ def read_json(path: Path) -> Dict[str, Any]:
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
+
+
+def update_json(path: Path, key: str, value: Any) -> None:
+    """Add one entry under a file lock (parallel shards write the same file)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_json(path)
+        data[key] = value
+        write_json(path, data)
 
 
 class Augment:
@@ -271,9 +283,7 @@ def stage_sweep(cfg: Dict[str, Any], preset: str, device: torch.device, shard: T
         res = {**spec, **alignment_stats(model, xv, yv, device), "train_seconds": info["seconds"],
                "reg_last_epoch": info["history"][-1]["reg"], "train_cos_last_epoch": info["history"][-1]["cosine"],
                "step_seconds": info["history"][-1]["step_seconds"], "history": info["history"]}  # fmt: skip
-        done = read_json(out)  # re-read: other shards write too
-        done[spec["key"]] = res
-        write_json(out, done)
+        update_json(out, spec["key"], res)
         log(f"sweep {spec['key']}: val acc {res['acc']:.3f} eval-mode cos {res['cos_loss']:.3f}")
 
 
@@ -460,9 +470,7 @@ def stage_train(cfg: Dict[str, Any], preset: str, device: torch.device, shard: T
                 for j in range(0, n_test, 1000)
             )
         res = {**spec, "test_acc": correct / cfg["n_test"], "train_seconds": info["seconds"], "history": info["history"]}
-        done = read_json(out)
-        done[spec["key"]] = res
-        write_json(out, done)
+        update_json(out, spec["key"], res)
         log(f"full {spec['key']}: test acc {res['test_acc']:.4f}, {info['seconds'] / 60:.1f} min")
 
 
@@ -525,10 +533,12 @@ def image_metrics(arch: str, model: nn.Module, x: Tensor, y: Tensor, cfg: Dict[s
     area (what area alone buys); ``rand_*``: a seeded random mask at the same mean area;
     ``matched_*``: the mask raised to the power whose mean area is ``match_area[method]`` (the
     baseline's area; regularized models only); ``Ins`` / ``Del``: insertion (blurred substrate) /
-    deletion (black) AUC.
+    deletion (black) AUC; ``ROAD`` / ``MoRF`` / ``LeRF``: ROAD (noisy linear imputation, noise
+    0.01, percentiles 10..90, softmax score change; combined = (LeRF - MoRF) / 2).
     """
     from captum_cam_ext.metrics.causal import deletion_auc, insertion_auc
     from captum_cam_ext.metrics.controls import maps_to_masks, power_control, random_control, solve_power
+    from captum_cam_ext.metrics.road import road
 
     model.eval()
     out: Dict[str, Dict[str, Tensor]] = {}
@@ -548,6 +558,8 @@ def image_metrics(arch: str, model: nn.Module, x: Tensor, y: Tensor, cfg: Dict[s
         common = dict(target=y, n_steps=cfg["causal_steps"], max_forwards_per_batch=2048)
         rows["Ins"] = insertion_auc(model, x, maps, **common)  # type: ignore[assignment]
         rows["Del"] = deletion_auc(model, x, maps, substrate=BLACK, **common)  # type: ignore[assignment]
+        rd = road(model, x, maps, target=y, return_curves=True, max_forwards_per_batch=512, solver="direct" if x.device.type == "cpu" else "cg")
+        rows.update({"ROAD": rd.combined, "MoRF": rd.morf, "LeRF": rd.lerf})  # type: ignore[union-attr]
         out[name] = {k: v.detach().float().cpu() for k, v in rows.items()}
     return out
 
@@ -582,13 +594,15 @@ def eval_dir(preset: str) -> Path:
     return d
 
 
-def stage_eval(cfg: Dict[str, Any], preset: str, device: torch.device, shard: Tuple[int, int]) -> None:
+def stage_eval(cfg: Dict[str, Any], preset: str, device: torch.device, shard: Tuple[int, int], part: str = "all") -> None:
     decisions = current_decisions(cfg, preset)
     full = read_json(preset_dir(preset) / "full.json")
     test_x, test_y = fashion_mnist_tensors("test").tensors
     x, y = test_x[: cfg["n_eval"]], test_y[: cfg["n_eval"]]
     specs = [s for s in full_specs(cfg, decisions) if s["key"] in full]
     specs.sort(key=lambda s: s["lam"] > 0)  # baselines first: their areas are matched later
+    if part != "all":  # parallel shards: all baselines (part "base") before the regularized models
+        specs = [s for s in specs if (s["lam"] > 0) == (part == "reg")]
     for i, spec in enumerate(specs):
         path = eval_dir(preset) / f"{spec['key']}.pt"
         if i % shard[1] != shard[0] or path.is_file():
@@ -625,6 +639,9 @@ CAM_METRICS: Dict[str, Tuple[Optional[bool], int, str]] = {
     "AD-rand": (False, 2, "AD − AD(random, same area)↓"),
     "Ins": (True, 3, "Ins↑"),
     "Del": (False, 3, "Del↓"),
+    "ROAD": (True, 4, "ROAD combined↑"),
+    "MoRF": (False, 4, "ROAD MoRF↓"),
+    "LeRF": (True, 4, "ROAD LeRF↑"),
 }
 GRAD_METRICS: Dict[str, Tuple[Optional[bool], int, str]] = {
     "cos_loss": (True, 3, "eval-mode cosine (CE)"),
@@ -985,11 +1002,11 @@ def markdown(res: Dict[str, Any], cfg: Dict[str, Any], figs: List[str], suffix: 
             continue
         n_bc = next(iter(bc["gradients"].values()))["n_images"]
         L.append(f"### At matched accuracy: the {n_bc} images both models classify correctly (every seed)\n")
-        L.append("| method | AD↓ Δ | AI↑ Δ | AD − AD(constant)↓ Δ | Ins↑ Δ | Del↓ Δ |")
-        L.append("|---|---|---|---|---|---|")
+        L.append("| method | AD↓ Δ | AI↑ Δ | AD − AD(constant)↓ Δ | Ins↑ Δ | Del↓ Δ | ROAD↑ Δ |")
+        L.append("|---|---|---|---|---|---|---|")
         for method in METHODS:
             mm = bc["methods"][method]
-            L.append(f"| {method} | " + " | ".join(ci_cell(mm[k], CAM_METRICS[k][1], CAM_METRICS[k][0]) for k in ("AD", "AI", "AD-const", "Ins", "Del")) + " |")
+            L.append(f"| {method} | " + " | ".join(ci_cell(mm[k], CAM_METRICS[k][1], CAM_METRICS[k][0]) for k in ("AD", "AI", "AD-const", "Ins", "Del", "ROAD")) + " |")
         g = bc["gradients"]
         L.append(f"\nOn these images: eval-mode cosine Δ {ci_cell(g['cos_loss'], 3, True)}, total variation Δ {ci_cell(g['total_variation'], 3, False)}.\n")
     if figs:
@@ -1017,6 +1034,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--shard", default="0/1", help="i/k: this process does every k-th run (parallel runs)")
     ap.add_argument("--jobs", type=int, default=None, help="run k shards as parallel processes (default: the preset's)")
+    ap.add_argument("--eval-part", choices=("all", "base", "reg"), default="all", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     cfg = PRESETS[args.preset]
@@ -1029,7 +1047,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     for stage in stages:
         t0 = time.perf_counter()
         if stage in ("sweep", "train", "eval") and jobs > 1 and args.shard == "0/1":
-            run_parallel(argv if argv is not None else sys.argv[1:], stage, jobs)
+            for part in ("base", "reg") if stage == "eval" else ("all",):
+                run_parallel(argv if argv is not None else sys.argv[1:], stage, jobs, part)
+        elif stage == "eval":
+            stage_eval(cfg, args.preset, device, (shard_i, shard_k), args.eval_part)
         else:
             STAGE_FUNCS[stage](cfg, args.preset, device, (shard_i, shard_k))
         times = read_json(preset_dir(args.preset) / "wall.json")
@@ -1039,12 +1060,24 @@ def main(argv: Optional[List[str]] = None) -> None:
         log(f"stage {stage} done in {time.perf_counter() - t0:.0f}s")
 
 
-def run_parallel(argv: List[str], stage: str, jobs: int) -> None:
+def run_parallel(argv: List[str], stage: str, jobs: int, part: str = "all") -> None:
     """Run ``jobs`` shards of ``stage`` as parallel processes (GPU: small models leave it idle)."""
-    base = [a for a in argv if not a.startswith("--stage") and not a.startswith("--jobs")]
-    base = [a for i, a in enumerate(base) if not (i > 0 and base[i - 1] in ("--stage", "--jobs"))]
+    drop = ("--stage", "--jobs", "--shard", "--eval-part")
+    base: List[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in drop:
+            skip = True
+            continue
+        if any(a.startswith(d + "=") for d in drop):
+            continue
+        base.append(a)
     procs = [
-        subprocess.Popen([sys.executable, __file__, *base, "--stage", stage, "--shard", f"{i}/{jobs}", "--jobs", "1"])
+        subprocess.Popen([sys.executable, __file__, *base, "--stage", stage, "--shard", f"{i}/{jobs}",
+                          "--jobs", "1", "--eval-part", part])  # fmt: skip
         for i in range(jobs)
     ]
     codes = [p.wait() for p in procs]
