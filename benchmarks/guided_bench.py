@@ -110,7 +110,9 @@ BLACK = (0.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD  # a black pixel, normali
 
 
 def cam_layer(arch: str, model: nn.Module) -> nn.Module:
-    return model.layer4 if arch == "resnet18s" else model.features[-1]  # type: ignore[return-value]
+    layer = model.layer4 if arch == "resnet18s" else model.features[-1]  # type: ignore[index]
+    assert isinstance(layer, nn.Module)
+    return layer
 
 
 def log(msg: str) -> None:
@@ -236,17 +238,18 @@ def load_model(spec: Dict[str, Any], preset: str, device: torch.device) -> nn.Mo
 # ------------------------------------------------------------------------------------------------
 
 
-def sweep_specs(cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Most informative first: baseline, cosine x lam x BN mode, mean vs sum, then mse / mae."""
+def sweep_specs(cfg: Dict[str, Any], part: str = "all") -> List[Dict[str, Any]]:
+    """Most informative first. Part ``cosine``: baseline, cosine x lam x BN mode (what the full
+    runs depend on); part ``rest``: mean vs sum, then mse / mae x lam."""
     arch = cfg["sweep_arch"]
-    specs = [run_spec("sweep", arch, 0, 0.0)]
+    first = [run_spec("sweep", arch, 0, 0.0)]
     for bn in cfg["bn_modes"]:
-        specs += [run_spec("sweep", arch, 0, lam, "cosine", bn) for lam in cfg["lambdas"]]
+        first += [run_spec("sweep", arch, 0, lam, "cosine", bn) for lam in cfg["lambdas"]]
     # "sum" at lam is "mean" at lam * batch: one run shows it (cosine, the paper's lam)
-    specs.append(run_spec("sweep", arch, 0, PAPER_LAM, "cosine", cfg["sweep_bn_mode"], "sum"))
+    rest = [run_spec("sweep", arch, 0, PAPER_LAM, "cosine", cfg["sweep_bn_mode"], "sum")]
     for error in cfg["errors"][1:]:
-        specs += [run_spec("sweep", arch, 0, lam, error, cfg["sweep_bn_mode"]) for lam in cfg["lambdas"]]
-    return specs
+        rest += [run_spec("sweep", arch, 0, lam, error, cfg["sweep_bn_mode"]) for lam in cfg["lambdas"]]
+    return {"cosine": first, "rest": rest, "all": first + rest}[part]
 
 
 def alignment_stats(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch: int = 250) -> Dict[str, Any]:
@@ -269,13 +272,13 @@ def alignment_stats(model: nn.Module, x: Tensor, y: Tensor, device: torch.device
     }
 
 
-def stage_sweep(cfg: Dict[str, Any], preset: str, device: torch.device, shard: Tuple[int, int]) -> None:
+def stage_sweep(cfg: Dict[str, Any], preset: str, device: torch.device, shard: Tuple[int, int], part: str = "all") -> None:
     out = preset_dir(preset) / "sweep.json"
     train_x, train_y = fashion_mnist_tensors("train").tensors
     data = TensorDataset(train_x[: cfg["sweep_n"]], train_y[: cfg["sweep_n"]])
     xv = train_x[cfg["val_start"] : cfg["val_start"] + cfg["n_val"]]
     yv = train_y[cfg["val_start"] : cfg["val_start"] + cfg["n_val"]]
-    for i, spec in enumerate(sweep_specs(cfg)):
+    for i, spec in enumerate(sweep_specs(cfg, part)):
         if i % shard[1] != shard[0] or spec["key"] in read_json(out):
             continue
         info = train_run(spec, data, cfg["sweep_epochs"], cfg, preset, device, augment=True)
@@ -321,21 +324,16 @@ def step_functions(make: Callable[[], nn.Module], shape: Tuple[int, ...], device
         torch.manual_seed(0)
         model = make().to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        if variant == "plain":
-
-            def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-
-        else:
+        loss: Optional[InterpretableGradientLoss] = None
+        if variant != "plain":
             bn, ops = variant.split()[1:]
             loss = InterpretableGradientLoss(model, lam=0.1, bn_mode=bn.split("=")[1], fast_ops=ops == "fast")
 
-            def step(loss: Any = loss, opt: torch.optim.Optimizer = opt) -> None:
-                opt.zero_grad(set_to_none=True)
-                loss(x, y).total.backward()
-                opt.step()
+        def step(model: nn.Module = model, loss: Optional[InterpretableGradientLoss] = loss, opt: torch.optim.Optimizer = opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            total = F.cross_entropy(model(x), y) if loss is None else loss(x, y).total
+            total.backward()
+            opt.step()
 
         fns[variant] = step
     return fns
@@ -975,9 +973,9 @@ def markdown(res: Dict[str, Any], cfg: Dict[str, Any], figs: List[str], suffix: 
         L.append("### Gradients: eval-mode cosine and noise\n")
         L.append("| measure | baseline | regularized | Δ [95% CI, images] | Δ [95% CI, seeds] |")
         L.append("|---|---|---|---|---|")
-        for k, (hib, d, lab) in GRAD_METRICS.items():
+        for k, (hib, d, glab) in GRAD_METRICS.items():
             g = c["gradients"][k]
-            L.append(f"| {lab} | {g['base']:.{d}f} | {g['reg']:.{d}f} | {ci_cell(g, d, hib)} | {ci_cell(g, d, hib, 'ci_seeds')} |")
+            L.append(f"| {glab} | {g['base']:.{d}f} | {g['reg']:.{d}f} | {ci_cell(g, d, hib)} | {ci_cell(g, d, hib, 'ci_seeds')} |")
         L.append("")
         L.append("### CAM metrics with mask area and matched-area controls\n")
         L.append(
@@ -991,11 +989,11 @@ def markdown(res: Dict[str, Any], cfg: Dict[str, Any], figs: List[str], suffix: 
         metrics = dict(CAM_METRICS)
         metrics.update({"matched_AD": (False, 2, "matched-area AD↓"), "matched_AI": (True, 1, "matched-area AI↑"), "matched_AG": (True, 2, "matched-area AG↑")})
         for method in METHODS:
-            for k, (hib, d, lab) in metrics.items():
+            for k, (hib, d, mlab) in metrics.items():
                 m = c["methods"][method].get(k)
                 if m is None:
                     continue
-                L.append(f"| {method} | {lab} | {m['base']:.{d}f} | {m['reg']:.{d}f} | {ci_cell(m, d, hib)} | {ci_cell(m, d, hib, 'ci_seeds')} | {m['win_rate']:.2f} |")
+                L.append(f"| {method} | {mlab} | {m['base']:.{d}f} | {m['reg']:.{d}f} | {ci_cell(m, d, hib)} | {ci_cell(m, d, hib, 'ci_seeds')} | {m['win_rate']:.2f} |")
         L.append("")
         bc = comp["both_correct"]
         if bc is None:
@@ -1035,6 +1033,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--shard", default="0/1", help="i/k: this process does every k-th run (parallel runs)")
     ap.add_argument("--jobs", type=int, default=None, help="run k shards as parallel processes (default: the preset's)")
     ap.add_argument("--eval-part", choices=("all", "base", "reg"), default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--sweep-part", choices=("all", "cosine", "rest"), default="all",
+                    help="sweep runs: the cosine x lam x BN-mode part the full runs need, the rest, or all")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     cfg = PRESETS[args.preset]
@@ -1051,6 +1051,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 run_parallel(argv if argv is not None else sys.argv[1:], stage, jobs, part)
         elif stage == "eval":
             stage_eval(cfg, args.preset, device, (shard_i, shard_k), args.eval_part)
+        elif stage == "sweep":
+            stage_sweep(cfg, args.preset, device, (shard_i, shard_k), args.sweep_part)
         else:
             STAGE_FUNCS[stage](cfg, args.preset, device, (shard_i, shard_k))
         times = read_json(preset_dir(args.preset) / "wall.json")
