@@ -159,16 +159,22 @@ class LayerFinerCam(GradientCamAttribution):
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
         backward_rule: Optional[str] = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ) -> MapsOrTuple:
         """Same arguments and shapes as :meth:`captum_cam_ext.CamAttribution.attribute`."""
+        if eigen_smooth and not attr_dim_summation:
+            raise ValueError("eigen_smooth replaces the channel sum: it cannot be used with attr_dim_summation=False")
 
         def raw_maps(tup: Tuple[Tensor, ...], args: Any, tgt: TargetSpec, to_input: bool, rule: str) -> Dict[str, Any]:
             details = self.compute(tup, tgt, args, to_input, rule, grad_kwargs)
+            if eigen_smooth:
+                return {"cam": [self.base.eigen_smoothed(d) for d in details]}
             if attr_dim_summation:
                 return {"cam": [d.cam for d in details]}
             return {"cam": [self.base.contributions(d.activations, d.weights) for d in details]}
 
         return self.attribute_in_chunks(
             raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
-            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule, aug_smooth,
         )["cam"]  # fmt: skip

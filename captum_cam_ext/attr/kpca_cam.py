@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor
 
-from captum_cam_ext._engine import CamAttribution, LayerSpec
+from captum_cam_ext._engine import CamAttribution, CamDetails, LayerSpec
 from captum_cam_ext._linalg import eigh
 from captum_cam_ext.registry import register_method
 
@@ -136,6 +136,11 @@ class LayerKpcaCam(CamAttribution):
 
     def fuse(self, activations: Tensor, weights: Tensor) -> Tensor:
         return weights
+
+    def eigen_smoothed(self, details: CamDetails) -> Tensor:
+        """``eigen_smooth`` leaves KPCA-CAM's map as it is: it already is a principal component (as
+        pytorch-grad-cam's ``KPCA_CAM``, which ignores the option)."""
+        return details.cam
 
     def contributions(self, activations: Tensor, weights: Tensor) -> Tensor:
         raise ValueError(

@@ -120,8 +120,10 @@ class LayerRefineCam(GradientCamAttribution):
         attribute_to_layer_input: bool = False,
         backward_rule: Optional[str] = None,
         grad_kwargs: Optional[Dict[str, Any]] = None,
+        eigen_smooth: bool = False,
     ) -> List[Tensor]:
-        """The base method's raw map at each layer, ``[(N, 1, *S_l)]`` (one pass for shared-pass bases)."""
+        """The base method's raw map at each layer, ``[(N, 1, *S_l)]`` (one pass for shared-pass bases);
+        with ``eigen_smooth``, each layer's map is the base's ``eigen_smooth`` map."""
         details = self.base.compute(
             inputs, target, additional_forward_args, attribute_to_layer_input, backward_rule, grad_kwargs
         )
@@ -129,7 +131,7 @@ class LayerRefineCam(GradientCamAttribution):
             raise ValueError("Refine-CAM needs one tensor output per layer, not a layer returning a tuple")
         if any(d.cam.dim() < 3 for d in details):
             raise ValueError("Refine-CAM needs layers with spatial dimensions (N, K, *S)")
-        return [d.cam for d in details]
+        return [self.base.eigen_smoothed(d) if eigen_smooth else d.cam for d in details]
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -145,12 +147,15 @@ class LayerRefineCam(GradientCamAttribution):
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
         backward_rule: Optional[str] = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ) -> MapsOrTuple:
         """Same arguments as :meth:`captum_cam_ext.CamAttribution.attribute` (the per-layer maps are
-        always ReLU'd, so ``relu_attributions`` changes nothing)."""
+        always ReLU'd, so ``relu_attributions`` changes nothing; ``eigen_smooth`` applies to each
+        layer's map, as pytorch-grad-cam's)."""
 
         def raw_maps(tup: Tuple[Tensor, ...], args: Any, tgt: TargetSpec, to_input: bool, rule: str) -> Dict[str, Any]:
-            maps = self.layer_maps(tup, tgt, args, to_input, rule, grad_kwargs)
+            maps = self.layer_maps(tup, tgt, args, to_input, rule, grad_kwargs, eigen_smooth)
             if any(m.dim() != maps[0].dim() for m in maps):
                 raise ValueError("Refine-CAM multiplies maps with the same number of spatial dimensions")
             if upsample_to_input:
@@ -161,5 +166,5 @@ class LayerRefineCam(GradientCamAttribution):
 
         return self.attribute_in_chunks(
             raw_maps, inputs, target, additional_forward_args, attribute_to_layer_input, relu_attributions,
-            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule,
+            upsample_to_input, interpolate_mode, normalize, internal_batch_size, backward_rule, aug_smooth,
         )["cam"]  # fmt: skip
