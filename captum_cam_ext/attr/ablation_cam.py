@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_cam_ext._engine import LayerRecord, LayerSpec, TargetSpec, repeat_args, run_forward
-from captum_cam_ext.attr.perturbation import PerturbationCamAttribution, target_scores
+from captum_cam_ext.attr.perturbation import AUTO, BatchSize, PerturbationCamAttribution, target_scores
 from captum_cam_ext.registry import register_method
 
 
@@ -31,11 +31,22 @@ class LayerAblationCam(PerturbationCamAttribution):
     forward_func, layer, device_ids, layer_call :
         As in :class:`~captum_cam_ext.CamAttribution` (no ``reshape_transform``: the ablation acts
         on the layer's channel dimension 1).
-    batch_size : int
-        Ablated copies per forward pass (default 32).
+    batch_size : int or "auto"
+        Ablated copies per forward pass. ``"auto"`` (default): measured on the first call's own
+        chunks and cached per model (see :mod:`captum_cam_ext.attr.perturbation`), from 16 up to
+        512 copies but at most 256 MiB of ablated layer values per chunk (larger chunks repeat
+        the part of the model before the layer fewer times).
     ablation_value : float
         The value written into the ablated channel.
+
+    Channels that already equal ``ablation_value`` everywhere (e.g. dead ReLU channels with the
+    default 0) are not run: ablating them changes nothing, so their score is the clean score.
     """
+
+    #: ``batch_size="auto"``: chunk sizes tried, and the memory the ablated copies may take.
+    auto_candidates_cpu = (16, 32, 64, 128, 256, 512)
+    auto_candidates_cuda = (32, 64, 128, 256, 512, 1024)
+    auto_max_bytes = 256 * 2**20
 
     name = "ablationcam"
 
@@ -44,7 +55,7 @@ class LayerAblationCam(PerturbationCamAttribution):
         forward_func: Callable,
         layer: LayerSpec,
         device_ids: Optional[List[int]] = None,
-        batch_size: int = 32,
+        batch_size: BatchSize = AUTO,
         ablation_value: float = 0.0,
         layer_call: int = -1,
     ) -> None:
@@ -63,6 +74,7 @@ class LayerAblationCam(PerturbationCamAttribution):
     ) -> Tensor:
         b = channels.numel()
         rows = torch.arange(b, device=channels.device)
+        ablate_rows = channels >= 0  # channel -1: an unablated copy
         seen = [0]
 
         def ablate(value: Tensor) -> Tensor:
@@ -71,7 +83,7 @@ class LayerAblationCam(PerturbationCamAttribution):
             if this != call:
                 return value
             copies = value[:1].expand(b, *value.shape[1:]).clone() if value.shape[0] != b else value.clone()
-            copies[rows, channels.to(value.device)] = self.ablation_value
+            copies[rows[ablate_rows], channels[ablate_rows].to(value.device)] = self.ablation_value
             return copies
 
         if to_input:
@@ -104,15 +116,29 @@ class LayerAblationCam(PerturbationCamAttribution):
         layer_index = record.units[unit][0]
         calls = record.calls[layer_index]
         call = self.layer_call % calls
-        k = activations.shape[1]
-        return torch.cat(
-            [
-                self._ablated_scores(
-                    self.layers[layer_index], call, to_input, example, args, target, torch.arange(start, stop)
-                )
-                for start, stop in self.chunks(k, self.batch_size)
-            ]
+        flat = activations.flatten(2)[0]
+        unchanged = (flat == self.ablation_value).all(dim=1)  # (K,): ablating these changes nothing
+        live = (~unchanged).nonzero().flatten().cpu()
+        any_unchanged = bool(unchanged.any())
+        # one unablated copy (channel -1) gives the clean score of every unchanged channel
+        todo = torch.cat([live, live.new_tensor([-1])]) if any_unchanged else live
+        self.last_run["skipped"] = self.last_run.get("skipped", 0) + int(unchanged.sum()) - int(any_unchanged)
+        layer = self.layers[layer_index]
+
+        def run(start: int, stop: int) -> Tensor:
+            return self._ablated_scores(layer, call, to_input, example, args, target, todo[start:stop])
+
+        per_copy = max(1, activations[0].numel() * activations.element_size())
+        key = self.chunk_key(example, unit, to_input, call)
+        vals = self.run_chunks(
+            todo.numel(), run, key, activations.device, max_size=max(1, self.auto_max_bytes // per_copy)
         )
+        if not any_unchanged:
+            return vals
+        scores = vals.new_empty(activations.shape[1], vals.shape[1])
+        scores[unchanged.to(vals.device)] = vals[-1]
+        scores[live.to(vals.device)] = vals[:-1]
+        return scores
 
     def scores_to_weights(self, scores: Tensor, clean: Tensor) -> Tensor:
         # relative drop; a zero clean score (no scale to divide by) keeps the raw drop

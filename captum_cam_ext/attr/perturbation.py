@@ -8,12 +8,28 @@ target or several classes ``(N, T)`` from the same perturbed passes, and warns o
 is in ``train()`` mode (its BatchNorm layers would mix the perturbed copies).
 
 A method overrides :meth:`PerturbationCamAttribution.example_scores`.
+
+Chunk sizes. A method runs its perturbed copies in chunks of ``batch_size`` forward passes. With
+``batch_size="auto"`` (the default of Score-CAM and Ablation-CAM) the chunk size is *measured*:
+the first example's own chunks are run at increasing sizes (each size twice, the second run timed,
+so that one-off costs such as oneDNN primitive creation for a new shape do not count), the size
+with the lowest time per copy is kept, and it is cached per model, layer, input shape, dtype,
+device and thread count (:func:`tuned_chunk_sizes`), so later calls -- also from new attribution
+objects on the same model -- skip the measurement. No work is wasted: every measured chunk is a
+chunk of the real computation. The chunking changes only the order of independent forward
+passes, so the maps are those of any fixed ``batch_size`` (up to the float rounding of batched
+convolutions). Why measure instead of a fixed number: the best size differs by architecture and
+machine (on a 2-core CPU, EfficientNet-Lite0 at 32 copies per pass ran 2.3x slower than at 16
+while ResNets gain from larger chunks; on a GPU larger chunks keep winning), see
+``benchmarks/results/matrix.md``.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+import weakref
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr._utils.attribution import PerturbationAttribution
@@ -28,14 +44,63 @@ from captum_cam_ext._engine import (
     slice_args,
 )
 
-__all__ = ["PerturbationCamAttribution", "check_batch_size", "example_target", "score_dtype", "target_scores"]
+__all__ = [
+    "AUTO",
+    "BatchSize",
+    "PerturbationCamAttribution",
+    "check_batch_size",
+    "clear_tuned_chunk_sizes",
+    "example_target",
+    "score_dtype",
+    "target_scores",
+    "tuned_chunk_sizes",
+]
+
+#: ``batch_size="auto"``: the chunk size is measured once per model (see the module docstring).
+AUTO = "auto"
+BatchSize = Union[int, str]
+#: The chunk size used by methods that do not measure, when ``batch_size="auto"`` is given.
+AUTO_FALLBACK = 32
+
+# model -> {key: chunk size}; weak keys, so a cached size never keeps a model alive
+_TUNED: weakref.WeakKeyDictionary[Any, Dict[Hashable, int]] = weakref.WeakKeyDictionary()
 
 
-def check_batch_size(batch_size: Any) -> int:
-    """``batch_size`` if it is a positive int (perturbed forward passes per chunk), else a ``ValueError``."""
+def check_batch_size(batch_size: Any, allow_auto: bool = False) -> int:
+    """``batch_size`` if it is a positive int (perturbed forward passes per chunk), else a ``ValueError``.
+
+    With ``allow_auto=True`` the string ``"auto"`` is accepted too; it is returned as
+    :data:`AUTO_FALLBACK` (the size used where no measurement happens).
+    """
+    if allow_auto and batch_size == AUTO:
+        return AUTO_FALLBACK
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (perturbed forward passes per chunk), got {batch_size!r}")
+        also = ' or "auto" (measured once per model)' if allow_auto else ""
+        raise ValueError(
+            f"batch_size must be a positive int (perturbed forward passes per chunk){also}, got {batch_size!r}"
+        )
     return batch_size
+
+
+def tuned_chunk_sizes(model: Any) -> Dict[Hashable, int]:
+    """The chunk sizes measured for ``model`` by ``batch_size="auto"``, ``{key: size}`` (a copy)."""
+    try:
+        return dict(_TUNED.get(model, {}))
+    except TypeError:  # not weak-referenceable
+        return {}
+
+
+def clear_tuned_chunk_sizes(model: Any = None) -> None:
+    """Forget the measured chunk sizes of ``model`` (or of every model), e.g. after changing threads."""
+    if model is None:
+        _TUNED.clear()
+    else:
+        _TUNED.pop(model, None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def example_target(target: TargetSpec, i: int) -> TargetSpec:
@@ -68,12 +133,30 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
     ----------
     forward_func, layer, device_ids, reshape_transform, layer_call :
         As in :class:`~captum_cam_ext.CamAttribution`.
+    batch_size : int or "auto"
+        Perturbed copies per forward pass. ``"auto"``: measured once per model by methods that
+        run their chunks through :meth:`run_chunks` (Score-CAM, Ablation-CAM); others use
+        :data:`AUTO_FALLBACK`.
+
+    Attributes
+    ----------
     batch_size : int
-        Perturbed copies per forward pass.
+        The fixed chunk size (:data:`AUTO_FALLBACK` with ``"auto"``).
+    auto_batch_size : bool
+        Whether chunk sizes are measured.
+    last_run : dict
+        What the last call did: ``batch_size`` (the chunk size used for the bulk of the copies),
+        ``copies`` (perturbed forward passes run), ``skipped`` (copies whose score was known
+        without a pass), ``measured`` (whether this call measured the chunk size).
     """
 
     uses_gradients = False
     uses_perturbation = True
+    #: Candidate chunk sizes tried by ``batch_size="auto"`` (in order; see :meth:`run_chunks`).
+    auto_candidates_cpu: Tuple[int, ...] = (8, 16, 32, 64)
+    auto_candidates_cuda: Tuple[int, ...] = (16, 32, 64, 128, 256)
+    #: The timer ``batch_size="auto"`` measures chunks with.
+    clock: Callable[[], float] = time.perf_counter
 
     def __init__(
         self,
@@ -81,14 +164,16 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
         layer: LayerSpec,
         device_ids: Optional[List[int]] = None,
         reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
-        batch_size: int = 32,
+        batch_size: BatchSize = 32,
         layer_call: int = -1,
     ) -> None:
         CamAttribution.__init__(
             self, forward_func, layer, device_ids, reshape_transform, trim_graph=True, layer_call=layer_call
         )
         PerturbationAttribution.__init__(self, forward_func)
-        self.batch_size = check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size, allow_auto=True)
+        self.auto_batch_size = batch_size == AUTO
+        self.last_run: Dict[str, Any] = {}
         self._warned_train_mode = False
 
     @property
@@ -153,6 +238,7 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
         if record.tuple_output:
             raise ValueError(f"{type(self).__name__} needs a layer with one tensor output, not a tuple")
         self._warn_train_mode_once()
+        self.last_run = {"batch_size": self.batch_size, "copies": 0, "skipped": 0, "measured": False}
         target = self._target_for(record)
         clean = self.clean_scores(record, target)
         n = inputs[0].shape[0]
@@ -203,3 +289,104 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
     def chunks(count: int, size: int) -> Sequence[Tuple[int, int]]:
         """``[(start, stop), ...]`` covering ``range(count)`` in steps of ``size``."""
         return [(s, min(s + size, count)) for s in range(0, count, size)]
+
+    def chunk_key(self, example: Tuple[Tensor, ...], *extra: Hashable) -> Tuple[Hashable, ...]:
+        """What a measured chunk size depends on: method, layers, example shapes, dtype, device, threads."""
+        x0 = example[0]
+        return (
+            type(self).__name__,
+            tuple(self.layer_names),
+            tuple(tuple(x.shape[1:]) for x in example),
+            str(x0.dtype),
+            str(x0.device),
+            torch.get_num_threads(),
+            *extra,
+        )
+
+    def run_chunks(
+        self,
+        count: int,
+        run: Callable[[int, int], Tensor],
+        key: Tuple[Hashable, ...],
+        device: torch.device,
+        max_size: Optional[int] = None,
+        candidates: Optional[Sequence[int]] = None,
+    ) -> Tensor:
+        """``torch.cat([run(start, stop) for each chunk])`` over ``range(count)``.
+
+        With a fixed ``batch_size`` the chunks have that size. With ``"auto"`` the size cached for
+        ``key`` (and the model) is used; when there is none yet, the first chunks are run at the
+        candidate sizes (:attr:`auto_candidates_cpu` / :attr:`auto_candidates_cuda`, at most
+        ``max_size``), each twice with the second run timed, while the time per copy keeps
+        improving (a size more than 5% slower per copy than the best so far ends the search); the
+        best size is cached and used for the rest.
+
+        Parameters
+        ----------
+        count : int
+            Number of perturbed copies (at least 1).
+        run : callable
+            ``run(start, stop)`` scores copies ``start..stop-1``: a tensor with ``stop - start`` rows.
+        key : tuple
+            See :meth:`chunk_key`.
+        device : torch.device
+            Where the copies run (CUDA is synchronised around timed chunks).
+        max_size : int, optional
+            Largest chunk the method allows (memory).
+        candidates : sequence of int, optional
+            Sizes to try instead of the class defaults.
+        """
+        if count < 1:
+            raise ValueError(f"run_chunks needs at least one copy to run, got count={count}")
+        self.last_run["copies"] = self.last_run.get("copies", 0) + count
+        if not self.auto_batch_size:
+            return torch.cat([run(s, e) for s, e in self.chunks(count, self.batch_size)])
+        model = self.forward_func
+        try:
+            cache = _TUNED.setdefault(model, {})
+        except TypeError:  # a forward_func that cannot be weakly referenced: cache on the object
+            cache = self.__dict__.setdefault("_tuned_here", {})
+        size = cache.get(key)
+        pos = 0
+        parts: List[Tensor] = []
+        if size is None:
+            default = self.auto_candidates_cuda if device.type == "cuda" else self.auto_candidates_cpu
+            sizes = [b for b in (candidates or default) if max_size is None or b <= max_size] or [max(1, max_size or 1)]
+            best, pos, parts, complete = self._measure(count, run, device, sizes, self.clock)
+            if best is not None and complete:
+                cache[key] = best
+                self.last_run["measured"] = True
+            # too few copies to finish the search: nothing cached; the rest in the next size up
+            size = best if complete and best is not None else next((b for b in sizes if 2 * b > count - pos), sizes[-1])
+        self.last_run["batch_size"] = size
+        parts += [run(pos + s, pos + e) for s, e in self.chunks(count - pos, size)]
+        return torch.cat(parts)
+
+    @staticmethod
+    def _measure(
+        count: int,
+        run: Callable[[int, int], Tensor],
+        device: torch.device,
+        sizes: Sequence[int],
+        clock: Callable[[], float],
+    ) -> Tuple[Optional[int], int, List[Tensor], bool]:
+        """Run chunks at the candidate sizes: ``(best size, copies done, their scores, search complete)``."""
+        best: Optional[Tuple[float, int]] = None
+        pos = 0
+        parts: List[Tensor] = []
+        for b in sizes:
+            if count - pos < 2 * b:
+                return (best[1] if best is not None else None), pos, parts, False
+            parts.append(run(pos, pos + b))  # warm-up of this shape (real work)
+            pos += b
+            _sync(device)
+            t0 = clock()
+            parts.append(run(pos, pos + b))
+            _sync(device)
+            per_copy = (clock() - t0) / b
+            pos += b
+            if best is None or per_copy < best[0]:
+                best = (per_copy, b)
+            elif per_copy > 1.05 * best[0]:
+                break
+        return (best[1] if best is not None else None), pos, parts, True

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_cam_ext._engine import LayerRecord, LayerSpec, TargetSpec, repeat_args, run_forward
-from captum_cam_ext.attr.perturbation import PerturbationCamAttribution, target_scores
+from captum_cam_ext.attr.perturbation import AUTO, BatchSize, PerturbationCamAttribution, target_scores
 from captum_cam_ext.registry import register_method
 
 _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -23,7 +23,8 @@ class LayerScoreCam(PerturbationCamAttribution):
     dimensions, ``align_corners=True``), min-max normalised to ``[0, 1]`` and multiplied with
     ``inputs[0]`` (other inputs are repeated unchanged); the target scores of the masked inputs are
     turned into weights with a softmax over channels (the pytorch-grad-cam convention). Runs without
-    gradients in chunks of ``batch_size`` masked inputs, so memory is bounded.
+    gradients in chunks of ``batch_size`` masked inputs, so memory is bounded (the masks are
+    built chunk by chunk too: never ``K`` full-size masks at once).
 
     Channels whose activation map is constant give an all-zero mask, hence the same score: that
     score is computed once per example instead of once per channel (the maps are unchanged).
@@ -33,8 +34,10 @@ class LayerScoreCam(PerturbationCamAttribution):
     forward_func, layer, device_ids, reshape_transform, layer_call :
         As in :class:`~captum_cam_ext.CamAttribution`. The layer's maps must have as many spatial
         dimensions as ``inputs[0]`` (images ``(N, C, H, W)``, signals ``(N, C, L)``, volumes).
-    batch_size : int
-        Masked inputs per forward pass (default 32).
+    batch_size : int or "auto"
+        Masked inputs per forward pass. ``"auto"`` (default): measured on the first call's own
+        chunks and cached per model (see :mod:`captum_cam_ext.attr.perturbation`); the size used
+        is in ``last_run["batch_size"]``.
     channels_last : bool
         Feed masked images in ``torch.channels_last`` memory format (faster convolutions on CPU,
         same values up to float rounding). Falls back to the default format by itself if the
@@ -49,7 +52,7 @@ class LayerScoreCam(PerturbationCamAttribution):
         layer: LayerSpec,
         device_ids: Optional[List[int]] = None,
         reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
-        batch_size: int = 32,
+        batch_size: BatchSize = AUTO,
         channels_last: bool = True,
         layer_call: int = -1,
     ) -> None:
@@ -93,22 +96,26 @@ class LayerScoreCam(PerturbationCamAttribution):
                 f"spatial dimensions: inputs[0] has shape {tuple(x0.shape)}, the layer's maps "
                 f"{tuple(activations.shape)}; pick a convolutional layer (or a reshape_transform to a grid)"
             )
-        masks = self.masks(activations, tuple(x0.shape[2:]))[0]  # (K, *S_in)
+        size = tuple(x0.shape[2:])
         flat = activations.flatten(2)[0]
         constant = flat.amax(1) == flat.amin(1)  # (K,)
         live = (~constant).nonzero().flatten()
-        todo = torch.cat([live, live.new_tensor([-1])]) if bool(constant.any()) else live
+        any_constant = bool(constant.any())
+        todo = torch.cat([live, live.new_tensor([-1])]) if any_constant else live
+        self.last_run["skipped"] = self.last_run.get("skipped", 0) + int(constant.sum()) - int(any_constant)
         rest = example[1:]
-        got = []
-        for start, stop in self.chunks(todo.numel(), self.batch_size):
+
+        def run(start: int, stop: int) -> Tensor:
             idx = todo[start:stop]
-            keep = (idx >= 0).to(masks.dtype).reshape(-1, *([1] * spatial))
-            m = masks[idx.clamp(min=0)] * keep
+            keep = (idx >= 0).to(activations.dtype).reshape(-1, *([1] * spatial))
+            m = self.masks(activations[:, idx.clamp(min=0)], size)[0] * keep  # (b, *S_in), chunk only
             batch = (x0 * m[:, None].to(x0.dtype),) + tuple(r.expand(idx.numel(), *r.shape[1:]) for r in rest)
-            got.append(target_scores(self._forward_masked(batch, repeat_args(args, idx.numel())), target))
-        vals = torch.cat(got)  # (len(todo), T)
+            return target_scores(self._forward_masked(batch, repeat_args(args, idx.numel())), target)
+
+        key = self.chunk_key(example, "channels_last" if self.channels_last else "contiguous")
+        vals = self.run_chunks(todo.numel(), run, key, x0.device)  # (len(todo), T)
         scores = vals.new_empty(activations.shape[1], vals.shape[1])
-        if bool(constant.any()):
+        if any_constant:
             scores[constant] = vals[-1]
             scores[live] = vals[:-1]
         else:
