@@ -387,9 +387,12 @@ def test_vit_defaults_to_the_last_blocks_layernorm_with_tokens_as_a_grid(photo_d
     torch.testing.assert_close(saved["images"]["chelsea"]["maps"]["gradcam"], ref[0])
     assert float(ref.abs().max()) > 0
     # a method without token layouts, and a token layout on a non-token layer: one-line errors
-    assert main(["explain", str(photo_dir), "--model", str(path), "--method", "ablationcam",
+    assert main(["explain", str(photo_dir), "--model", str(path), "--method", "ablationcam", "--reshape", "vit",
                  "--out", str(out)]) == 2
     assert "does not support token layouts" in _one_line_error(capsys.readouterr().err)
+    assert main(["explain", str(photo_dir), "--model", str(path), "--method", "ablationcam",
+                 "--out", str(out), "--no-progress"]) == 2  # auto: tokens would be taken as channels
+    assert "not (N, 1, h, w) image maps" in _one_line_error(capsys.readouterr().err)
     assert main(["explain", str(photo_dir), "--model", str(path), "--layer", "conv_proj", "--reshape", "vit",
                  "--out", str(out)]) == 2
     assert "expects token outputs" in _one_line_error(capsys.readouterr().err)
@@ -481,3 +484,24 @@ def test_evaluate_metrics_come_from_the_metric_registry_and_controls_add_rows(ph
     assert rows[0] == "gradcam" and len(rows) > 1 and any(r.startswith("constant") for r in rows)
     assert set(data["controls"]) == set(rows[1:])
     assert set(data["means"]["gradcam"]) >= {"average_drop", "mask_area"}  # the area comes with AD
+
+
+def test_all_skips_the_methods_that_do_not_apply_but_a_named_one_is_an_error(photo_dir, tmp_path, capsys):
+    from captum_cam_ext.registry import methods
+
+    path = tmp_path / "tiny.pt"
+    torch.save(_tiny_model(in_ch=3), path)
+    out = tmp_path / "o"
+    assert main(["explain", str(photo_dir / "chelsea.png"), "--model", str(path), "--size", "16", "--layer", "2",
+                 "--method", "all", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    saved = torch.load(out / "maps.pt", weights_only=False)["images"]["chelsea"]["maps"]
+    skipped = {line.split()[2].rstrip(":") for line in err.splitlines() if line.startswith("warning: skipping")}
+    assert "legrad" in skipped  # a method for transformer blocks, on a CNN
+    assert set(saved) | skipped == set(methods()) and not set(saved) & skipped
+    assert {"gradcam", "scorecam", "fullgrad"} <= set(saved)  # fullgrad: no relu_attributions argument
+    for name, m in saved.items():
+        assert m.dim() == 3 and m.shape[0] == 1 and torch.isfinite(m).all(), name
+    assert main(["explain", str(photo_dir), "--model", str(path), "--method", "gradcam,legrad", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert _one_line_error(capsys.readouterr().err).startswith("error: legrad: LeGrad explains transformer blocks")

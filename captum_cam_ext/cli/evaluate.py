@@ -8,11 +8,13 @@ import os
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from captum_cam_ext.cli._common import CliError
 from captum_cam_ext.cli.images import ConvertedImages, ImageFolder, output_folder
-from captum_cam_ext.cli.methods import build_method, resolve_methods
+from captum_cam_ext.cli.methods import build_methods, select_methods, trial_run
 from captum_cam_ext.cli.models import LoadedModel, load_model
 from captum_cam_ext.cli.options import add_method_arg, add_model_args, target_layer
 from captum_cam_ext.metrics.registry import default_metric_names, metric_specs
@@ -113,10 +115,19 @@ def folder_dataset(args: argparse.Namespace, lm: LoadedModel) -> Tuple[Dataset, 
     return dataset, f"{folder} ({len(dataset)} images)", f"images -> model input {lm.preprocessing.describe()}"
 
 
+def first_example(dataset: Dataset, target: str) -> Tuple[Tensor, Any]:
+    """The first item as a batch of one and its label (``None`` unless ``target`` is ``"label"``)."""
+    item = dataset[0]
+    if isinstance(item, (tuple, list)):
+        x, label = item[0], item[1]
+        return x[None], (int(label) if target == "label" else None)
+    return item[None], None
+
+
 def run(args: argparse.Namespace) -> int:
     from captum_cam_ext.evaluation import evaluate, results_markdown
 
-    methods = resolve_methods(args.method or DEFAULT_METHODS)
+    selection = select_methods(args.method or DEFAULT_METHODS)
     metrics = resolve_metrics(args.metrics, args.causal)
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be a positive integer, got {args.limit}")
@@ -130,7 +141,15 @@ def run(args: argparse.Namespace) -> int:
     tl = target_layer(lm, args.layer, args.reshape)
     if rank0:
         print(f"input: {conversion}", flush=True)
-    cams = {m: build_method(m, lm.model, tl.layer, args.method_batch_size, tl.reshape_transform) for m in methods}
+    cams = build_methods(selection, lm.model, tl.layer, args.method_batch_size, tl.reshape_transform,
+                         layout_required=args.reshape != "auto")
+    x0, t0 = first_example(dataset, args.target)
+    if t0 is None:
+        with torch.no_grad():
+            t0 = int(lm.model(x0).argmax(1)[0])
+    # tried the way evaluation.evaluate calls them
+    cams = trial_run(cams, selection, x0, t0, tl.name, layout=tl.reshape is not None,
+                     options={"relu_attributions": True})
     res = evaluate(lm.model, tl.layer, cams, dataset, batch_size=args.batch_size,
                    target=args.target, metrics=metrics, causal_steps=args.causal_steps,
                    progress=not args.no_progress, controls=args.controls)

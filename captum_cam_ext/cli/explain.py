@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from captum_cam_ext.cli._common import CliError, warn
+from captum_cam_ext.cli._common import CliError, one_line, warn
 from captum_cam_ext.cli.images import (
     IMAGE_EXTENSIONS,
     list_images,
@@ -20,7 +20,7 @@ from captum_cam_ext.cli.images import (
     read_image,
     save_overlay,
 )
-from captum_cam_ext.cli.methods import build_method, resolve_methods
+from captum_cam_ext.cli.methods import INAPPLICABLE, build_methods, compute_map, select_methods
 from captum_cam_ext.cli.models import load_model
 from captum_cam_ext.cli.options import add_method_arg, add_model_args, target_layer
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.input)
     if not src.exists():
         raise CliError(f"no such file or folder: {src}")
-    methods = resolve_methods(args.method or DEFAULT_METHODS)
+    selection = select_methods(args.method or DEFAULT_METHODS)
     lm = load_model(args.model, args.weights, args.size, args.preprocessing)
     tl = target_layer(lm, args.layer, args.reshape)
     files = list_images(src)
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if fixed_target is not None and lm.num_classes is not None and not 0 <= fixed_target < lm.num_classes:
         raise CliError(f"--target {fixed_target} is out of range for {lm.num_classes} classes")
     out = output_folder(args.out)
-    cams = {m: build_method(m, lm.model, tl.layer, args.batch_size, tl.reshape_transform) for m in methods}
+    cams = build_methods(selection, lm.model, tl.layer, args.batch_size, tl.reshape_transform,
+                         layout_required=args.reshape != "auto")
     folder = src.is_dir()
     all_maps: Dict[str, Any] = {}
     records: List[Dict[str, Any]] = []
@@ -86,9 +87,16 @@ def run(args: argparse.Namespace) -> int:
         cname = lm.class_names[target] if lm.class_names is not None else f"class {target}"
         view = lm.display(x)
         entry: Dict[str, Any] = {}
-        for m, cam in cams.items():
+        for m, cam in list(cams.items()):
             t0 = time.perf_counter()
-            maps = cam.attribute(x, target=target, relu_attributions=True).detach()
+            try:
+                maps = compute_map(m, cam, x, target, tl.name)
+            except INAPPLICABLE as exc:
+                if m not in selection.optional:
+                    raise CliError(f"{m}: {one_line(exc)}") from None
+                warn(f"skipping {m}: {one_line(exc)}")
+                del cams[m]
+                continue
             dt = time.perf_counter() - t0
             entry[m] = maps[0].cpu()
             up = resize_cam(maps[0], (int(x.shape[-2]), int(x.shape[-1])))
@@ -105,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     torch.save({"model": lm.name, "layer": tl.name, "reshape": tl.reshape, "images": all_maps}, out / "maps.pt")
     (out / "explain.json").write_text(json.dumps(records, indent=1))
     n_ok = len(files) - skipped
-    print(f"explained {n_ok} image(s) with {', '.join(methods)} at layer {tl.describe()}; "
+    print(f"explained {n_ok} image(s) with {', '.join(cams)} at layer {tl.describe()}; "
           f"wrote {len(records)} overlays, .npy maps and maps.pt to {out}"
           + (f" ({skipped} skipped)" if skipped else ""))
     if n_ok == 0:
