@@ -14,7 +14,7 @@ from typing import Any, List, Tuple
 import torch
 
 from captum_cam_ext.cli._common import CliError
-from captum_cam_ext.cli.methods import build_method, resolve_methods
+from captum_cam_ext.cli.methods import build_methods, select_methods
 from captum_cam_ext.cli.models import load_model
 from captum_cam_ext.cli.options import add_method_arg, add_model_args, target_layer
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return subprocess.call([sys.executable, str(script), *shlex.split(args.script_args)])
     if args.repeats < 1 or args.batch < 1:
         raise CliError("--repeats and --batch must be positive integers")
-    methods = resolve_methods(args.method or DEFAULT_METHODS)
+    selection = select_methods(args.method or DEFAULT_METHODS)
     lm = load_model(args.model, args.weights, args.size, args.preprocessing, quiet=True)
     tl = target_layer(lm, args.layer, args.reshape)
     c, s = lm.preprocessing.channels, lm.preprocessing.size
@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     forward()  # warm-up
     rows: List[Tuple[str, float]] = [("forward (no grad)", median_seconds(forward, args.repeats))]
-    for m in methods:
-        cam = build_method(m, lm.model, tl.layer, args.method_batch_size, tl.reshape_transform)
+    cams = build_methods(selection, lm.model, tl.layer, args.method_batch_size, tl.reshape_transform,
+                         layout_required=args.reshape != "auto")
+    for m, cam in cams.items():
         rows.append((m, median_seconds(lambda cam=cam: cam.attribute(x, target=0), args.repeats)))
     print(f"{lm.name}, layer {tl.describe()}, batch {args.batch}x{c}x{s}x{s}, "
           f"{torch.get_num_threads()} thread(s), median of {args.repeats}")
