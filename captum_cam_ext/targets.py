@@ -298,8 +298,8 @@ class FasterRCNNBoxScoreTarget:
         refs = refs.to(boxes.device, boxes.dtype)
         for box, label in zip(refs, labels):
             ious = box_iou(box[None], boxes)[0]
-            best = int(ious.argmax())
-            if float(ious[best]) > self.iou_threshold and int(det["labels"][best]) == label:
+            best = int(ious.detach().argmax())
+            if float(ious[best].detach()) > self.iou_threshold and int(det["labels"][best]) == label:
                 score = score + ious[best] + det["scores"][best]
         return score
 
