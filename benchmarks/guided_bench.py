@@ -547,7 +547,7 @@ def image_metrics(arch: str, model: nn.Module, x: Tensor, y: Tensor, cfg: Dict[s
         area = rows["area"]
         const = area.view(-1, 1, 1, 1).expand_as(masks).clone()
         rows.update(confidence_rows(model, x, y, const, "const_"))
-        rand = random_control(range(len(x)), size, map_size=tuple(maps.shape[-2:]), seed=0)
+        rand = random_control(range(len(x)), size, map_size=tuple(maps.shape[-2:]), seed=0, device=x.device)
         rand = power_control(rand, solve_power(rand, float(area.mean()), clamp=True))
         rows.update(confidence_rows(model, x, y, rand, "rand_"))
         if match_area is not None and name in match_area:
