@@ -241,3 +241,17 @@ def test_kinds_of_the_new_methods():
     composite = {"shapleycam", "finercam", "gapcam"}
     for name in shared | composite:
         assert method_kind(cce.registry.method_class(name)) == ("shared_pass" if name in shared else "composite")
+
+
+def test_multicam_runs_the_new_shared_pass_methods_from_one_pass(nets, x):
+    model, layer = nets["resnet18"]
+    names = ["gradcam", "gradcamelementwise", "fem", "kpcacam", "randomcam"]
+    assert set(names[1:]) <= set(cce.methods("shared_pass"))
+    np.random.seed(0)  # Random-CAM without a seed draws from numpy's global state
+    together = cce.MultiCam(model, layer, methods=names).attribute(x, target=TARGETS, relu_attributions=True)
+    for name in names:
+        np.random.seed(0)
+        alone = cce.registry.create_method(name, model, layer).attribute(x, target=TARGETS, relu_attributions=True)
+        torch.testing.assert_close(together[name], alone, atol=1e-6, rtol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="cannot share"):
+        cce.MultiCam(model, layer, methods=["gradcam", "shapleycam"])
