@@ -354,7 +354,7 @@ def area_controls(
     if blur_sigma is None:
         blur_sigma = big_h / map_size[0] if map_size is not None else big_h / 7
     if blur_sigma:
-        out[f"blur({base_name}, sigma={blur_sigma:g}px)"] = blur_control(m, blur_sigma)
+        out[f"blur({base_name}, {blur_sigma:g}px)"] = blur_control(m, blur_sigma)
     base_area = float(m.double().mean())
     if constant:
         out[f"constant {base_area:.3f}"] = constant_control(n, (big_h, big_w), base_area, device=m.device)
