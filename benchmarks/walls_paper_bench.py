@@ -56,8 +56,11 @@ def _paper_audit_path(kind: str, seed: int, dataset: str) -> Path:
     return CACHE / f"blind_paper_audit_{kind}_s{seed}_{dataset}_n{N_TEST}.pt"
 
 
-def audit_paper(progress: bool) -> None:
-    """Per-image leakage of every registered CAM on the paper-geometry models (cached)."""
+def audit_paper(progress: bool, only_trained: bool = False) -> None:
+    """Per-image leakage of every registered CAM on the paper-geometry models (cached).
+
+    ``only_trained``: skip models not trained yet (so that it can run next to ``--stage train``).
+    """
     from captum_cam_ext.walls.audit import DATASETS
     from captum_cam_ext.walls.blindness import check_blind
     from captum_cam_ext.walls.datasets import stacked_fashion_mnist
@@ -66,7 +69,8 @@ def audit_paper(progress: bool) -> None:
     for seed in SEEDS:
         for kind in KINDS:
             todo = [d for d in DATASETS if not _paper_audit_path(kind, seed, d).is_file()]
-            if not todo:
+            weights = CACHE / f"blind_{kind}_e{EPOCHS}_nall_s{seed}.pt"
+            if not todo or (only_trained and not weights.is_file()):
                 continue
             model, info = train_blind_model(kind, EPOCHS, None, seed=seed, cache_dir=CACHE,
                                             progress=False)
@@ -433,13 +437,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stage", choices=("train", "audit", "real", "all"), default="all")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--only-trained", action="store_true",
+                    help="audit stage: skip models that are not trained yet")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     if args.stage in ("train", "all"):
         train_all(args.progress)
     if args.stage in ("audit", "all"):
-        audit_paper(args.progress)
+        audit_paper(args.progress, only_trained=args.only_trained)
     if args.stage in ("real", "all"):
         audit_real(args.progress)
     print(f"stage {args.stage}: {time.perf_counter() - t0:.0f} s", flush=True)

@@ -95,10 +95,11 @@ def test_check_blind_proves_a_blind_model_and_catches_one_row_too_many(seed, spl
 
 
 def test_audit_model_refuses_a_model_that_can_see_the_region():
+    torch.manual_seed(0)
     model = _SeesEverything().eval()
     x = torch.randn(4, 1, 12, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(NotBlindError, match=r"refusing to audit.*max \|output change\| = [1-9]") as e:
+    with pytest.raises(NotBlindError, match=r"refusing to audit.*max \|output change\| = \d") as e:
         audit_model(model, model.features, x, "8:12", methods=[LayerGradCam])
     assert e.value.report.max_output_change > 0 and not e.value.report.blind
     assert isinstance(e.value, ValueError)

@@ -29,7 +29,7 @@ from captum_cam_ext.metrics.leakage import (
 from captum_cam_ext.registry import methods as registered_methods
 from captum_cam_ext.walls.cache import walls_cache_dir
 from captum_cam_ext.walls.datasets import StackedPairs, stacked_fashion_mnist
-from captum_cam_ext.walls.model_audit import SKIPPABLE, skip_reason
+from captum_cam_ext.walls.model_audit import SKIPPABLE, positive_maps, skip_reason
 from captum_cam_ext.walls.models import DenseWallNet, SplitTrunkBlindNet, paper_wall_net
 
 __all__ = ["DATASETS", "MODEL_KINDS", "default_methods", "train_blind_model", "audit_pairs",
@@ -192,8 +192,7 @@ def _maps(method: type, model: nn.Module, images: Tensor, batch: int) -> Tuple[T
         x = images[i : i + batch]
         with torch.no_grad():
             pred = model(x).argmax(1)
-        m = cam.attribute(x, target=pred, relu_attributions=True)
-        outs.append(m.detach().float())
+        outs.append(positive_maps(cam, x, pred))
         preds.append(pred)
     return torch.cat(outs), torch.cat(preds)
 

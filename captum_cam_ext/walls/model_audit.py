@@ -16,6 +16,7 @@ exactly 0 on the feature cells the model cannot see scores exactly 0).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from captum_cam_ext.walls.blindness import (
 )
 
 __all__ = ["LEAKAGE_METRICS", "SKIPPABLE", "WallAudit", "audit_model", "measure_leakage",
-           "skip_reason"]
+           "positive_maps", "skip_reason"]
 
 #: Per-image metrics of :func:`measure_leakage`, with their meaning (0 is faithful for all four).
 LEAKAGE_METRICS: Dict[str, str] = {
@@ -147,6 +148,27 @@ def skip_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
+def positive_maps(cam: Any, inputs: Tensor, target: Any) -> Tensor:
+    """``cam``'s maps with negative values set to 0, as ``(N, 1, h, w)`` float32.
+
+    Uses ``relu_attributions=True`` when the method's ``attribute`` takes it (the CAM family), and
+    clamps the map otherwise (FullGrad, LeGrad, ...), so every method is scored on the same kind
+    of map: the positive evidence it shows.
+    """
+    try:
+        takes_relu = "relu_attributions" in inspect.signature(cam.attribute).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        takes_relu = True
+    if takes_relu:
+        maps = cam.attribute(inputs, target=target, relu_attributions=True)
+    else:
+        maps = cam.attribute(inputs, target=target).clamp_min(0)
+    if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[1] != 1:
+        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"{type(cam).__name__} gave maps of shape {shape}, not (N, 1, h, w)")
+    return maps.detach().float()
+
+
 def _predicted(model: nn.Module, images: Tensor, batch: int) -> Tensor:
     with torch.no_grad():
         return torch.cat([model(images[i : i + batch]).argmax(1)
@@ -226,11 +248,8 @@ def measure_leakage(
             ckw = kwargs.get(cls.__name__.lower(), kwargs.get(getattr(cls, "name", ""), {}))
             try:
                 cam = _build(cls, model, layer, method_batch_size, ckw)
-                maps = torch.cat([
-                    cam.attribute(images[i : i + batch], target=targets[i : i + batch],
-                                  relu_attributions=True).detach().float()
-                    for i in range(0, images.shape[0], batch)
-                ])
+                maps = torch.cat([positive_maps(cam, images[i : i + batch], targets[i : i + batch])
+                                  for i in range(0, images.shape[0], batch)])
             except SKIPPABLE as exc:
                 if not skip:
                     raise
@@ -306,9 +325,10 @@ def audit_model(
     ...                     methods=["gradcam", "hirescam"])         # doctest: +SKIP
     >>> print(audit.markdown())                                      # doctest: +SKIP
     """
-    mask = hidden_mask(hidden, images.shape[-2:]) if isinstance(images, Tensor) else None
-    if mask is None or images.dim() != 4:
-        raise ValueError("images must be a tensor (N, C, H, W)")
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] < 1:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty tensor (N, C, H, W), got {shape}")
+    mask = hidden_mask(hidden, images.shape[-2:])
     was_training = model.training
     model.eval()
     try:
