@@ -9,6 +9,7 @@ z-scores.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
@@ -265,8 +266,18 @@ def _chunk_maps(
     else:
         assert isinstance(target, int)
         tgt = target
-    maps = cam.attribute(inputs, target=tgt, relu_attributions=True,
-                         additional_forward_args=(torch.arange(n),), **attribute_kwargs)
+    idx = (torch.arange(n),)
+    if "relu_attributions" in inspect.signature(cam.attribute).parameters:
+        maps = cam.attribute(inputs, target=tgt, relu_attributions=True,
+                             additional_forward_args=idx, **attribute_kwargs)
+    else:  # methods without the option (FullGrad, LeGrad): the same positive part
+        maps = cam.attribute(inputs, target=tgt, additional_forward_args=idx,
+                             **attribute_kwargs).clamp_min(0)
+    if tuple(maps.shape[-2:]) != tuple(net.feature_size) or maps[0].numel() != maps.shape[-1] * maps.shape[-2]:
+        raise ValueError(
+            f"{method.__name__} gives maps of shape {tuple(maps.shape[1:])}, not one map on the CAM "
+            f"layer's {net.feature_size[0]}x{net.feature_size[1]} grid"
+        )
     return maps.detach().reshape(n, *net.feature_size)
 
 
