@@ -397,6 +397,12 @@ class ControlSpec:
     description: str
 
 
+def _round_power(p: float) -> float:
+    """``p`` to 6 significant digits: the histograms summed in another order (another number of
+    processes) give the same power, so the control masks are bit-identical."""
+    return float(f"{p:.6g}")
+
+
 class DatasetControls:
     """Matched-area controls for a dataset seen batch by batch (what ``evaluate(controls=True)`` uses).
 
@@ -520,7 +526,7 @@ class DatasetControls:
         match = self.match if self.match is not None else [r for r in self.rows() if r != b]
         for row in match:
             area = self.mean_area(row)
-            p = self.base_hist.solve_power(area, clamp=True)
+            p = _round_power(self.base_hist.solve_power(area, clamp=True))
             reached = self.base_hist.area(p)
             note = "" if abs(reached - area) < 1e-3 else f"; not reachable, nearest {reached:.3f}"
             out.append(ControlSpec(f"{b}**{p:.2f} (area of {row})", "power", p,
@@ -537,7 +543,7 @@ class DatasetControls:
             out.append(ControlSpec(f"constant {base_area:.3f}", "constant", base_area,
                                    f"every pixel {base_area:.3f} ({b}'s mean area): area without ranking"))  # fmt: skip
         if self.random:
-            pr = self.random_hist.solve_power(base_area, clamp=True)
+            pr = _round_power(self.random_hist.solve_power(base_area, clamp=True))
             out.append(ControlSpec(f"random (seed {self.seed})", "random", pr,
                                    f"seeded smooth random map at {self.map_size[0]}x{self.map_size[1]} ** {pr:.3g}, "
                                    f"matched to {b}'s mean area {base_area:.3f}"))  # fmt: skip
