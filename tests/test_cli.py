@@ -505,3 +505,28 @@ def test_all_skips_the_methods_that_do_not_apply_but_a_named_one_is_an_error(pho
     assert main(["explain", str(photo_dir), "--model", str(path), "--method", "gradcam,legrad", "--out", str(out),
                  "--no-progress"]) == 2
     assert _one_line_error(capsys.readouterr().err).startswith("error: legrad: LeGrad explains transformer blocks")
+
+
+def test_compare_a_method_with_its_matched_area_power_control(tmp_path, capsys):
+    from captum_cam_ext.data import fashion_mnist_available
+
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST files not installed")
+    path = tmp_path / "fm.pt"
+    torch.save(_tiny_model(in_ch=1), path)
+    out = tmp_path / "cmp"
+    args = ["compare", "gradcam", "power:0.5", "--dataset", "fashion-mnist", "--limit", "10", "--model", str(path),
+            "--layer", "3", "--n-boot", "300", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    data = json.loads((out / "compare.json").read_text())
+    assert data["a"] == "gradcam" and data["b"] == "power:0.5" and data["n"] == 10
+    rows = {(c["a"], c["b"], c["metric"]): c for c in data["comparisons"]}
+    drop = rows[("gradcam", "gradcam**0.5", "average_drop")]
+    assert drop["mean_diff"] == pytest.approx(drop["mean_a"] - drop["mean_b"], abs=1e-9)
+    assert drop["ci_low"] <= drop["mean_diff"] <= drop["ci_high"]
+    area = rows[("gradcam", "gradcam**0.5", "mask_area")]
+    assert area["mean_b"] > area["mean_a"]  # the square root of a [0, 1] map covers more
+    assert "Paired comparisons" in (out / "compare.md").read_text()
+    assert main(["compare", "gradcam", "powr", "--dataset", "fashion-mnist", "--model", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'powr'" in err and "a control: power" in err and len(err.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable, Dict, List, Optional
 
-from captum_cam_ext.cli import bench, evaluate, explain, walls
+from captum_cam_ext.cli import bench, compare, evaluate, explain, walls
 from captum_cam_ext.cli._common import CliError, one_line
 
 __all__ = ["COMMANDS", "build_parser", "main", "run"]
@@ -19,6 +19,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "run"]
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "explain": explain.run,
     "evaluate": evaluate.run,
+    "compare": compare.run,
     "walls": walls.run,
     "bench": bench.run,
 }
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     explain.add_parser(sub)
     evaluate.add_parser(sub)
+    compare.add_parser(sub)
     walls.add_parser(sub)
     bench.add_parser(sub)
     return parser
