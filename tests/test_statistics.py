@@ -158,3 +158,10 @@ def test_errors():
         bootstrap_ci(torch.ones(3), method="bca")
     with pytest.raises(ValueError, match="1-D"):
         bootstrap_ci(torch.ones(3, 2))
+
+
+def test_a_single_example_resolves_nothing():
+    one = paired_comparison(torch.tensor([3.0]), torch.tensor([1.0]), higher_is_better=True, a="A", b="B")
+    assert not one.resolved and one.verdict == "too few images"
+    two = paired_comparison(torch.tensor([3.0, 3.1]), torch.tensor([1.0, 1.0]), higher_is_better=True, a="A", b="B")
+    assert two.resolved and two.verdict == "A better"

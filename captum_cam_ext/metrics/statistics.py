@@ -194,15 +194,20 @@ class PairedComparison:
     def resolved(self) -> bool:
         """True when the interval excludes 0 (the data resolve the sign of the difference).
 
-        Differences within float rounding, ``1e-6 * max(1, |mean_a|, |mean_b|)``, count as 0.
+        Differences within float rounding, ``1e-6 * max(1, |mean_a|, |mean_b|)``, count as 0; a
+        single unit (``n < 2``) resolves nothing (its interval has no width, not no uncertainty).
         """
+        if self.n < 2:
+            return False
         tol = 1e-6 * max(1.0, abs(self.mean_a), abs(self.mean_b))
         return self.ci_low > tol or self.ci_high < -tol
 
     @property
     def verdict(self) -> str:
-        """``"a better"``, ``"b better"``, ``"not resolved"`` (interval contains 0), or for a
-        descriptive metric ``"a larger"`` / ``"a smaller"``."""
+        """``"a better"``, ``"b better"``, ``"not resolved"`` (interval contains 0), ``"too few units"``
+        (``n < 2``), or for a descriptive metric ``"a larger"`` / ``"a smaller"``."""
+        if self.n < 2:
+            return f"too few {self.unit}"
         if not self.resolved:
             return "not resolved"
         positive = self.ci_low > 0
