@@ -25,6 +25,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -79,9 +80,9 @@ def main() -> None:
     from captum_cam_ext.metrics import confidence_metrics
     from captum_cam_ext.visualization import overlay
 
-    model = load_efficientnet_lite0()
+    model: Any = load_efficientnet_lite0()
     layer = model._blocks[15]
-    cams = {
+    cams: Dict[str, Any] = {
         "Grad-CAM": LayerGradCam(model, layer),
         "Grad-CAM++": LayerGradCamPlusPlus(model, layer),
         "LayerCAM": LayerCam(model, layer),
@@ -192,7 +193,7 @@ def _methods_figures(out: Path, photos: tuple = ("chelsea", "coffee")) -> None:
     from captum_cam_ext.targets import ClassifierOutputReST
     from captum_cam_ext.visualization import overlay
 
-    model = load_efficientnet_lite0()
+    model: Any = load_efficientnet_lite0()
     layer = model._blocks[15]
     meta = {}
     available = bundled_photos()
@@ -259,7 +260,7 @@ def _tasks_figure(out: Path) -> None:
     info: dict = {}
     # segmentation: FCN-ResNet50, the pixels predicted as class 0 in the top half
     torch.manual_seed(0)
-    seg = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=4).eval()
+    seg: Any = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=4).eval()
     with torch.no_grad():
         pred = seg(x)["out"].argmax(1)[0]
     category = int(pred[:112].flatten().mode().values)  # the class predicted most in the top half
@@ -276,7 +277,7 @@ def _tasks_figure(out: Path) -> None:
     axes[0, 1].set_title("Grad-CAM, layer4\nSemanticSegmentationTarget", fontsize=7)
     # detection: Faster R-CNN MobileNetV3-FPN, the first two detections
     torch.manual_seed(0)
-    det = fasterrcnn_mobilenet_v3_large_fpn(
+    det: Any = fasterrcnn_mobilenet_v3_large_fpn(
         weights=None,
         weights_backbone=None,
         num_classes=5,
@@ -306,7 +307,7 @@ def _tasks_figure(out: Path) -> None:
     ax.set_title("Faster R-CNN MNv3-FPN (random)\nGrad-CAM, FasterRCNNBoxScoreTarget", fontsize=7)
     # ViT-B/16: Grad-CAM on tokens and LeGrad (random weights, head re-initialised: it starts at zero)
     torch.manual_seed(0)
-    vit = torchvision.models.vit_b_16(weights=None).eval()
+    vit: Any = torchvision.models.vit_b_16(weights=None).eval()
     torch.nn.init.normal_(vit.heads.head.weight, std=0.02)
     t0 = time.perf_counter()
     m = LayerGradCam(vit, vit.encoder.layers[-1].ln_1, reshape_transform=vit_reshape_transform).attribute(
@@ -321,7 +322,7 @@ def _tasks_figure(out: Path) -> None:
     axes[0, 4].imshow(overlay(view, m[0].detach(), alpha=0.45))
     axes[0, 4].set_title("ViT-B/16 (random)\nLeGrad, last 4 blocks", fontsize=7)
     # DFF of the real Lite0 head over two photos, concepts named by its classifier
-    model = load_efficientnet_lite0()
+    model: Any = load_efficientnet_lite0()
     batch = torch.cat([x, preprocess_efficientnet(photos["coffee"])])
     t0 = time.perf_counter()
     res = DeepFeatureFactorization(model, model._head_act, computation_on_concepts=model._fc).attribute(
