@@ -186,3 +186,97 @@ def test_batch_size_must_be_a_positive_int_or_auto():
     with pytest.raises(ValueError, match="at least one copy"):
         cce.LayerScoreCam(m, m[1]).run_chunks(0, lambda a, b: torch.zeros(b - a, 1), ("k",), torch.device("cpu"))
     assert issubclass(cce.LayerScoreCam, PerturbationCamAttribution)
+
+
+class ConvBnZoo(nn.Module):
+    """Conv -> BN pairs that may be folded, and patterns that must not be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)  # foldable
+        self.c2, self.b2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)  # conv output also read elsewhere
+        self.shared = nn.Conv2d(4, 4, 1)  # called twice: never folded
+        self.b3 = nn.BatchNorm2d(4)
+        self.b4 = nn.BatchNorm2d(4, affine=False)  # after a ReLU, not a conv
+        self.fc = nn.Linear(4, 3)
+        for bn in (self.b1, self.b2, self.b3, self.b4):  # non-trivial running statistics
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            if bn.affine:
+                nn.init.uniform_(bn.weight, 0.5, 1.5)
+                nn.init.uniform_(bn.bias, -0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.b1(self.c1(x)))
+        c = self.c2(h)
+        h = torch.relu(self.b2(c)) + 0.1 * c
+        h = self.b3(self.shared(h)) + self.shared(h)
+        h = self.b4(torch.relu(h))
+        return self.fc(h.mean((2, 3)))
+
+
+class StandardizedConv(nn.Conv2d):
+    """A convolution that normalises its weight: folding a BatchNorm scale into it is wrong."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_fold_batchnorm_folds_only_safe_pairs_and_keeps_the_outputs():
+    from captum_cam_ext.attr.perturbation import fold_batchnorm
+
+    model = ConvBnZoo().eval()
+    folded, folds = fold_batchnorm(model)
+    assert folds == 1 and folded is not None  # only c1 -> b1
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-6)
+    assert model.c1.bias is None  # the original is untouched
+    assert fold_batchnorm(model.train()) == (None, 0)  # training-mode BatchNorms are never folded
+    assert fold_batchnorm(nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU()).eval()) == (None, 0)
+
+
+def test_folded_forward_checks_the_copy_and_drops_a_wrong_one():
+    from captum_cam_ext.attr.perturbation import FoldedForward
+
+    torch.manual_seed(12)
+    good = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    bad = nn.Sequential(StandardizedConv(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(2, 3, 5, 5)
+    for model, kept in ((good, True), (bad, False)):
+        with torch.no_grad():
+            model(x)  # materialise the lazy layer
+            bn = model[1]
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(bn.weight, 0.2, 3.0)
+        model.eval()
+        fwd = FoldedForward(model)
+        assert fwd.folds == 1
+        with torch.no_grad():
+            expect = model(x)
+            first = fwd((x,), None)  # checked against the model, the model's output is returned
+            assert torch.equal(first, expect)
+            assert (fwd.folded is not None) is kept
+            torch.testing.assert_close(fwd((x,), None), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_score_cam_maps_are_the_same_with_and_without_folding():
+    import torchvision
+
+    torch.manual_seed(13)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 32, 32)
+    fast = cce.LayerScoreCam(model, model.layer3, batch_size=64)
+    got = fast.attribute(x, target=2)
+    assert fast.last_run["folded"] == 20
+    plain = cce.LayerScoreCam(model, model.layer3, batch_size=64, fold_batchnorm=False, channels_last=False)
+    want = plain.attribute(x, target=2)
+    assert plain.last_run["folded"] == 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

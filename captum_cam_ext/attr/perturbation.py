@@ -26,6 +26,7 @@ while ResNets gain from larger chunks; on a GPU larger chunks keep winning), see
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 import weakref
@@ -40,6 +41,7 @@ from captum_cam_ext._engine import (
     LayerRecord,
     LayerSpec,
     TargetSpec,
+    run_forward,
     select_target_scores,
     slice_args,
 )
@@ -47,10 +49,12 @@ from captum_cam_ext._engine import (
 __all__ = [
     "AUTO",
     "BatchSize",
+    "FoldedForward",
     "PerturbationCamAttribution",
     "check_batch_size",
     "clear_tuned_chunk_sizes",
     "example_target",
+    "fold_batchnorm",
     "score_dtype",
     "target_scores",
     "tuned_chunk_sizes",
@@ -101,6 +105,138 @@ def clear_tuned_chunk_sizes(model: Any = None) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def fold_batchnorm(model: nn.Module) -> Tuple[Optional[nn.Module], int]:
+    """A copy of ``model`` with each eval-mode BatchNorm that directly follows a convolution folded into it.
+
+    ``BN(conv(x)) = conv'(x)`` with ``W' = W * s``, ``b' = (b - mean) * s + beta``,
+    ``s = gamma / sqrt(var + eps)``: one kernel instead of two, for inference only. The model is
+    traced with :mod:`torch.fx` (convolutions, subclasses included, and BatchNorms kept as leaves)
+    and copied; the original is not touched. A BatchNorm is folded only when it is in eval mode
+    with running statistics, its input is the output of a convolution called once in the whole
+    graph, and nothing else reads that output.
+
+    Returns
+    -------
+    (nn.Module or None, int)
+        The folded copy and the number of folds, or ``(None, 0)`` when nothing can be folded
+        (no BatchNorm in eval mode, a model fx cannot trace, no conv -> BN pair).
+    """
+    import torch.fx as fx
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not any(not m.training and m.running_mean is not None for m in norms):
+        return None, 0
+
+    class ConvBnLeaves(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, (*_CONVS, nn.modules.batchnorm._BatchNorm)) or super().is_leaf_module(m, qualname)
+
+    try:
+        twin = copy.deepcopy(model)
+        graph = ConvBnLeaves().trace(twin)
+    except Exception:  # noqa: BLE001 - any model fx cannot trace (or copy) is run as it is
+        return None, 0
+    gm = fx.GraphModule(twin, graph)
+    modules = dict(gm.named_modules())
+    calls: Dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    folds = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        bn = modules.get(str(node.target))
+        src = node.args[0]
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not isinstance(src, fx.Node):
+            continue
+        conv = modules.get(str(src.target)) if src.op == "call_module" else None
+        if (
+            not isinstance(conv, _CONVS)
+            or bn.training
+            or bn.running_mean is None
+            or bn.running_var is None
+            or len(src.users) != 1
+            or calls[str(src.target)] != 1
+            or calls[str(node.target)] != 1
+            or conv.out_channels != bn.num_features
+            or not conv.weight.is_floating_point()
+        ):
+            continue
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+            w = conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))).to(conv.weight.dtype)
+            b = shift if conv.bias is None else conv.bias * scale + shift
+            conv.weight = nn.Parameter(w, requires_grad=False)
+            conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=False)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folds += 1
+    if not folds:
+        return None, 0
+    gm.recompile()
+    return gm.eval(), folds
+
+
+class FoldedForward:
+    """Inference of ``model`` through its BatchNorm-folded copy, checked against the model on first use.
+
+    The first call runs both the model and the copy on the same inputs and returns the model's
+    output; the copy is used from then on only if its output matched (``|diff| <= 1e-4 * max|out|``
+    for float32, ``1e-10`` for float64). A model whose convolutions do something else with their
+    weights (weight standardisation, ...) therefore runs unchanged.
+
+    Parameters
+    ----------
+    model : callable
+        The model (anything else than an ``nn.Module`` is run as it is).
+    enabled : bool
+        Fold at all.
+
+    Attributes
+    ----------
+    folds : int
+        BatchNorms folded (0 when running the model itself).
+    """
+
+    def __init__(self, model: Callable, enabled: bool = True) -> None:
+        self.model = model
+        folded, folds = fold_batchnorm(model) if enabled and isinstance(model, nn.Module) else (None, 0)
+        self.folded: Optional[nn.Module] = folded
+        self.folds = folds
+        self.checked = False
+
+    def __call__(self, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]]) -> Any:
+        if self.folded is None:
+            return run_forward(self.model, inputs, args)
+        if self.checked:
+            return run_forward(self.folded, inputs, args)
+        ref = run_forward(self.model, inputs, args)
+        try:
+            got = run_forward(self.folded, inputs, args)
+        except Exception:  # noqa: BLE001 - a traced copy that fails is dropped
+            got = None
+        self.checked = True
+        if not self._same(ref, got):
+            self.folded, self.folds = None, 0
+        return ref
+
+    @staticmethod
+    def _same(ref: Any, got: Any) -> bool:
+        if not isinstance(ref, Tensor) or not isinstance(got, Tensor) or ref.shape != got.shape:
+            return False
+        if not ref.is_floating_point():
+            return bool(torch.equal(ref, got))
+        tol = (1e-10 if ref.dtype == torch.float64 else 1e-4) * max(float(ref.abs().max()), 1.0)
+        return bool(((ref - got).abs() <= tol).all())
 
 
 def example_target(target: TargetSpec, i: int) -> TargetSpec:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_cam_ext._engine import LayerRecord, LayerSpec, TargetSpec, repeat_args, run_forward
-from captum_cam_ext.attr.perturbation import AUTO, BatchSize, PerturbationCamAttribution, target_scores
+from captum_cam_ext._engine import LayerRecord, LayerSpec, TargetSpec, repeat_args
+from captum_cam_ext.attr.perturbation import AUTO, BatchSize, FoldedForward, PerturbationCamAttribution, target_scores
 from captum_cam_ext.registry import register_method
 
 _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -42,6 +43,18 @@ class LayerScoreCam(PerturbationCamAttribution):
         Feed masked images in ``torch.channels_last`` memory format (faster convolutions on CPU,
         same values up to float rounding). Falls back to the default format by itself if the
         model's code needs contiguous tensors (e.g. ``.view`` on feature maps).
+    fold_batchnorm : bool
+        Run the masked inputs through a copy of the model with every eval-mode BatchNorm that
+        follows a convolution folded into it (:func:`~captum_cam_ext.attr.perturbation.fold_batchnorm`;
+        same values up to float rounding, one kernel instead of two). The copy is made per call,
+        checked against the model on the first chunk, and dropped if the model cannot be traced
+        or the outputs differ (``last_run["folded"]`` says how many BatchNorms were folded).
+    autocast_dtype : torch.dtype, optional
+        Opt-in mixed precision for the masked forward passes (``torch.bfloat16`` on CPUs with
+        AMX / AVX-512 BF16, ``torch.float16`` on GPUs): about 2x faster on such hardware, but
+        *not* exact -- the scores carry bfloat16 rounding (~1e-2 relative on ImageNet logits,
+        which changes the softmax weights; ``benchmarks/results/matrix.md`` states the map error
+        measured per architecture). Default None: full precision.
     """
 
     name = "scorecam"
@@ -55,18 +68,38 @@ class LayerScoreCam(PerturbationCamAttribution):
         batch_size: BatchSize = AUTO,
         channels_last: bool = True,
         layer_call: int = -1,
+        fold_batchnorm: bool = True,
+        autocast_dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform, batch_size, layer_call)
+        if autocast_dtype is not None and autocast_dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
         self.channels_last = bool(channels_last)
+        self.fold_batchnorm = bool(fold_batchnorm)
+        self.autocast_dtype = autocast_dtype
+        self._masked_forward: Optional[FoldedForward] = None
+
+    def layer_weights(
+        self, record: LayerRecord, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]], to_input: bool
+    ) -> List[List[Tensor]]:
+        self._masked_forward = FoldedForward(self.forward_func, self.fold_batchnorm)
+        try:
+            return super().layer_weights(record, inputs, args, to_input)
+        finally:
+            self.last_run["folded"] = self._masked_forward.folds
+            self._masked_forward = None  # the folded copy lives for one call only
 
     def _forward_masked(self, batch: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]]) -> Tensor:
-        if self.channels_last and batch[0].dim() == 4:
-            try:
-                fast = (batch[0].contiguous(memory_format=torch.channels_last),) + batch[1:]
-                return run_forward(self.forward_func, fast, args)
-            except RuntimeError:
-                self.channels_last = False  # the model needs contiguous inputs: remember it
-        return run_forward(self.forward_func, batch, args)
+        forward = self._masked_forward or FoldedForward(self.forward_func, enabled=False)
+        with contextlib.ExitStack() as stack:
+            if self.autocast_dtype is not None:
+                stack.enter_context(torch.autocast(batch[0].device.type, dtype=self.autocast_dtype))
+            if self.channels_last and batch[0].dim() == 4:
+                try:
+                    return forward((batch[0].contiguous(memory_format=torch.channels_last),) + batch[1:], args)
+                except RuntimeError:
+                    self.channels_last = False  # the model needs contiguous inputs: remember it
+            return forward(batch, args)
 
     def masks(self, activations: Tensor, size: Tuple[int, ...]) -> Tensor:
         """Upsampled, per-channel min-max normalised masks ``(N, K, *size)``."""
