@@ -53,7 +53,7 @@ def _net(arch: str, seed: int) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def nets():
-    return {"resnet18": _net("resnet18", 0), "vgg11_bn": _net("vgg11_bn", 1), "mobilenet_v2": _net("mobilenet_v2", 2)}
+    return {"resnet18": _net("resnet18", 0), "regnet_x_400mf": _net("regnet_x_400mf", 1)}
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,9 @@ def _input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_full_grad_uses_every_bias_and_leaves_the_model_as_found(nets, x, count_hooks):
-    model = nets["vgg11_bn"]
-    fg = cce.FullGrad(model, model.features[3])  # the layer argument is ignored, as pytorch-grad-cam's
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    model = nets["resnet18"]
+    fg = cce.FullGrad(model, model.layer3)  # the layer argument is ignored, as pytorch-grad-cam's
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(fg.layers) == len(convs) + len(norms)
     flags = [p.requires_grad for p in model.parameters()]
@@ -159,7 +159,7 @@ def test_legrad_hooks_change_nothing_and_targets_work_as_elsewhere(count_hooks):
 
 REFINE_LAYERS: Dict[str, List[Union[nn.Module, str]]] = {
     "resnet18": ["layer4", "layer3", "layer2"],
-    "vgg11_bn": ["features.27", "features.20", "features.13"],
+    "regnet_x_400mf": ["trunk_output.block4", "trunk_output.block3", "trunk_output.block2"],
 }
 
 
@@ -168,7 +168,7 @@ def _layers(model, names):
     return [mods[n] for n in names]
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn"])
+@pytest.mark.parametrize("arch", ["resnet18", "regnet_x_400mf"])
 def test_refine_cam_matches_pytorch_grad_cam_at_the_input_size(nets, x, arch):
     model = nets[arch]
     layers = _layers(model, REFINE_LAYERS[arch])
@@ -177,7 +177,7 @@ def test_refine_cam_matches_pytorch_grad_cam_at_the_input_size(nets, x, arch):
     torch.testing.assert_close(got[:, 0], expected, atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn"])
+@pytest.mark.parametrize("arch", ["resnet18", "regnet_x_400mf"])
 @pytest.mark.parametrize("base", ["gradcam", "layercam"])
 def test_refine_cam_matches_torchcam_at_the_largest_layer(nets, x, arch, base):
     model = nets[arch]
@@ -199,19 +199,18 @@ def test_refine_cam_of_one_layer_is_its_base_map(nets, x):
 # ------------------------------------------------------------------------------ Deep Feature Factorization
 
 
-@pytest.mark.parametrize("arch,layer", [("resnet18", "layer4"), ("vgg11_bn", "features.27")])
+@pytest.mark.parametrize("arch,layer", [("resnet18", "layer4"), ("regnet_x_400mf", "trunk_output.block4")])
 def test_deep_feature_factorization_matches_pytorch_grad_cam(nets, x, arch, layer):
     model = nets[arch]
     mod = dict(model.named_modules())[layer]
-    torch.manual_seed(6)  # VGG's head reads 512*7*7 features: label its concepts with a stand-in
-    head = model.fc if arch == "resnet18" else nn.Linear(512, 10)
+    head = model.fc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scikit-learn warns when it stops at max_iter
         concepts, maps, scores = RefDFF(model, mod, computation_on_concepts=head)(x, n_components=4)
     res = cce.DeepFeatureFactorization(model, mod, computation_on_concepts=head).attribute(
         x, n_components=4, upsample_to_input=True
     )
-    assert res.concepts.shape == (512, 4) and res.maps.shape == (3, 4, 64, 64)
+    assert res.concepts.shape == (model.fc.in_features, 4) and res.maps.shape == (3, 4, 64, 64)
     np.testing.assert_allclose(res.concepts.numpy(), concepts, atol=1e-4 * np.abs(concepts).max())
     torch.testing.assert_close(res.maps, torch.from_numpy(np.asarray(maps)).float(), atol=ATOL, rtol=RTOL)
     assert res.concept_scores is not None

@@ -25,14 +25,14 @@ def _mobilenet_v2():
     return torchvision.models.mobilenet_v2(num_classes=10).eval()
 
 
-def _vgg11_bn():
+def _regnet():
     torch.manual_seed(1)
-    return torchvision.models.vgg11_bn(num_classes=10).eval()
+    return torchvision.models.regnet_x_400mf(num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")
 def nets():
-    return {"resnet18": _resnet18(), "mobilenet_v2": _mobilenet_v2(), "vgg11_bn": _vgg11_bn()}
+    return {"resnet18": _resnet18(), "mobilenet_v2": _mobilenet_v2(), "regnet_x_400mf": _regnet()}
 
 
 def _x(size: int = 64) -> torch.Tensor:
@@ -51,9 +51,9 @@ def _ours(cam, x, targets):
     return normalize_maps(cam.attribute(x, target=targets, relu_attributions=True), eps=1e-8)[:, 0]
 
 
-# the layers: gradient methods at the head (VGG: a randomly initialised MobileNet-V2's head gradients
-# are ~1e-9, below torchcam's normalisation epsilon), masked methods at a 32-channel layer
-GRAD_LAYER = {"resnet18": "layer4", "vgg11_bn": "features.27"}
+# the layers: gradient methods at the head (RegNet: a randomly initialised MobileNet-V2's head
+# gradients are ~1e-9, below torchcam's normalisation epsilon), masked methods at a 32-channel layer
+GRAD_LAYER = {"resnet18": "layer4", "regnet_x_400mf": "trunk_output.block4"}
 MASK_LAYER = {"resnet18": "layer1.0.conv1", "mobilenet_v2": "features.1.conv.0"}
 
 
@@ -61,7 +61,7 @@ def _layer(model, name):
     return dict(model.named_modules())[name]
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn"])
+@pytest.mark.parametrize("arch", ["resnet18", "regnet_x_400mf"])
 def test_smooth_grad_cam_pp_reproduces_torchcam_with_the_same_seed(nets, arch):
     model, x = nets[arch], _x()
     layer = _layer(model, GRAD_LAYER[arch])
