@@ -114,6 +114,8 @@ class FullGrad(GradientAttribution):
         interpolate_mode: str = "bilinear",
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
+        relu_attributions: bool = False,
+        upsample_to_input: bool = True,
     ) -> Tensor:
         r"""The FullGrad map of each example.
 
@@ -130,6 +132,9 @@ class FullGrad(GradientAttribution):
             Min-max normalise each example's map to ``[0, 1]`` (pytorch-grad-cam's output).
         internal_batch_size : int, optional
             Examples per forward/backward pass.
+        relu_attributions, upsample_to_input : bool
+            Accepted for the layer CAMs' call shape; they change nothing (the map is non-negative
+            and at the input's resolution by construction).
 
         Returns
         -------

@@ -277,11 +277,13 @@ class LayerLeGrad(LayerAttribution, GradientAttribution):
         interpolate_mode: str = "bilinear",
         normalize: bool = False,
         internal_batch_size: Optional[int] = None,
+        relu_attributions: bool = False,
     ) -> Tensor:
         """The LeGrad map of each example, ``(N, 1, h, w)`` (``(N, 1, H, W)`` with ``upsample_to_input``).
 
         Same arguments as :meth:`captum_cam_ext.CamAttribution.attribute` (without the ones that
-        concern channels or the backward rule).
+        concern channels or the backward rule); ``relu_attributions`` changes nothing (the map is
+        non-negative by construction).
         """
         tup = format_inputs(inputs)
         args = _format_additional_forward_args(additional_forward_args)
