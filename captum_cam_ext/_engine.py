@@ -1133,9 +1133,10 @@ class CamAttribution(LayerAttribution):
         if upsample_to_input and tup[0].dim() < 3:
             raise ValueError(f"upsample_to_input needs spatial inputs (N, C, *S), got {tuple(tup[0].shape)}")
         input_size = tuple(tup[0].shape[2:]) if upsample_to_input else None
-        if aug_smooth and tup[0].dim() < 3:
+        if aug_smooth and tup[0].dim() < 4:
             raise ValueError(
-                f"aug_smooth flips inputs[0] horizontally: it needs spatial inputs, got {tuple(tup[0].shape)}"
+                "aug_smooth flips inputs[0] horizontally: it needs image or volume inputs (N, C, H, W[, ...]), "
+                f"got {tuple(tup[0].shape)} (flipping a sequence would reverse it in time)"
             )
         augmentations = AUG_SMOOTH_TRANSFORMS if aug_smooth else ((False, 1.0),)
         parts: Dict[str, List[List[Tensor]]] = {}

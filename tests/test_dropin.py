@@ -373,3 +373,23 @@ def test_perturbation_methods_warn_once_on_a_train_mode_model(cls):
         warnings.simplefilter("error")
         cam.attribute(x, target=0)  # once per object
         cls(m.eval(), m[5]).attribute(x, target=0)  # never in eval mode
+
+
+def test_conceptor_cam_on_sequences_and_volumes_equals_the_image_case():
+    torch.manual_seed(9)
+    net2 = nn.Sequential(nn.Conv2d(2, 6, (1, 3), padding=(0, 1)), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 10, 4))
+    net1 = nn.Sequential(nn.Conv1d(2, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 10, 4))
+    net1[0].weight.data = net2[0].weight.data[:, :, 0].clone()
+    net1[0].bias.data = net2[0].bias.data.clone()
+    net1[3].load_state_dict(net2[3].state_dict())
+    x = torch.randn(2, 2, 10)
+    image = cce.LayerConceptorCam(net2.eval(), net2[1], k=2).attribute(x[:, :, None], target=[0, 3])
+    seq = cce.LayerConceptorCam(net1.eval(), net1[1], k=2).attribute(x, target=[0, 3])
+    assert seq.shape == (2, 1, 10)
+    torch.testing.assert_close(seq, image[:, :, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_aug_smooth_refuses_sequences():
+    seq = nn.Sequential(nn.Conv1d(2, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(50, 3)).eval()
+    with pytest.raises(ValueError, match="reverse it in time"):
+        cce.LayerGradCam(seq, seq[1]).attribute(torch.randn(2, 2, 10), target=0, aug_smooth=True)

@@ -52,14 +52,10 @@ _POSITIVE_DATA = ("positive", "signed")
 def _check_aperture(value: Any, name: str) -> ApertureSpec:
     if isinstance(value, str):
         if value not in ("auto", "sqrt_dim"):
-            raise ValueError(
-                f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {value!r}"
-            )
+            raise ValueError(f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {value!r}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be a number in (0, inf], 'auto' or 'sqrt_dim', got {type(value).__name__}")
     if math.isnan(value) or value <= 0:
         raise ValueError(
             f"{name} must be > 0 (got {value}); use e.g. 1..50, math.inf (projector, reduces "
@@ -77,9 +73,7 @@ def _correlation(Z: Tensor, layout: str) -> Tuple[Tensor, Tensor]:
     return 0.5 * (R + R.transpose(1, 2)), nonzero
 
 
-def _apertures(
-    spec: ApertureSpec, R: Tensor, dim: int, rtol: Optional[float]
-) -> Union[float, Tensor]:
+def _apertures(spec: ApertureSpec, R: Tensor, dim: int, rtol: Optional[float]) -> Union[float, Tensor]:
     if spec == "auto":
         return auto_aperture(R, rtol=rtol)
     if spec == "sqrt_dim":
@@ -104,11 +98,11 @@ def conceptor_fusion(
 
     Parameters
     ----------
-    activations : Tensor, shape (B, K, h, w)
-        Layer activations ``A``.
-    weights : Tensor, shape (B, K, 1, 1) or (B, K, h, w)
+    activations : Tensor, shape (B, K, *S)
+        Layer activations ``A`` over a grid ``S`` of 1 to 3 dimensions (``P = prod(S)`` positions).
+    weights : Tensor, shape (B, K, 1, ...) or (B, K, *S)
         The base method's (signed) weights for the target class.
-    base_map : Tensor, shape (B, 1, h, w), optional
+    base_map : Tensor, shape (B, 1, *S), optional
         The base CAM before ReLU, ``m``; defaults to ``sum_k w_k A_k``. Spatial layout only
         (the channel layout fuses the signed weighted columns ``z_p`` directly).
     competitor_data : sequence of (activations, weights)
@@ -134,20 +128,22 @@ def conceptor_fusion(
 
     Returns
     -------
-    Tensor, shape (B, 1, h, w)
+    Tensor, shape (B, 1, *S)
         ``s = C m`` (not ReLU'd), in the dtype of ``activations``.
     """
-    if activations.dim() != 4:
-        raise ValueError(f"activations must be (B, K, h, w), got {tuple(activations.shape)}")
-    b, k, h, w = activations.shape
-    p = h * w
+    if not 3 <= activations.dim() <= 5:
+        raise ValueError(f"activations must be (B, K, *S) with 1 to 3 dimensions S, got {tuple(activations.shape)}")
+    b, k = activations.shape[:2]
+    grid = tuple(activations.shape[2:])
+    p = math.prod(grid)
+    ones = (1,) * len(grid)
     if (
-        weights.dim() != 4
+        weights.dim() != activations.dim()
         or weights.shape[:2] != (b, k)
-        or tuple(weights.shape[2:]) not in ((1, 1), (h, w))
+        or tuple(weights.shape[2:]) not in (ones, grid)
     ):
         raise ValueError(
-            f"weights must be (B, K, 1, 1) or (B, K, h, w) = {(b, k, 1, 1)} or {(b, k, h, w)}, "
+            f"weights must be (B, K, {', '.join('1' for _ in grid)}) or (B, K, *S) = {(b, k, *grid)}, "
             f"got {tuple(weights.shape)}"
         )
     for name, t in (("activations", activations), ("weights", weights)):
@@ -163,11 +159,7 @@ def conceptor_fusion(
     if positive_data not in _POSITIVE_DATA:
         raise ValueError(f"positive_data must be one of {_POSITIVE_DATA}, got {positive_data!r}")
     aperture = _check_aperture(aperture, "aperture")
-    neg_ap = (
-        aperture
-        if negative_aperture is None
-        else _check_aperture(negative_aperture, "negative_aperture")
-    )
+    neg_ap = aperture if negative_aperture is None else _check_aperture(negative_aperture, "negative_aperture")
 
     A = activations.detach().reshape(b, k, p).to(torch.float64)
     W = weights.detach().reshape(b, k, -1).to(torch.float64)
@@ -223,7 +215,7 @@ def conceptor_fusion(
         ones = torch.ones(b, k, 1, dtype=torch.float64, device=A.device)
         u = ones if basis is None else basis.transpose(1, 2) @ ones  # (B, d, 1)
         s = ((C @ u).transpose(1, 2) @ m).squeeze(1)  # s_p = 1^T C z_p
-    return s.reshape(b, 1, h, w).to(activations.dtype)
+    return s.reshape(b, 1, *grid).to(activations.dtype)
 
 
 @register_method(aliases=("conceptorcam", "conceptor-cam"))
@@ -300,33 +292,21 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         elif isinstance(base, CamAttribution) and not isinstance(base, type):
             inst = cast(CamAttribution, base)
             if base_kwargs:
-                raise ValueError(
-                    "base_kwargs can only be used when base is a class, not an instance"
-                )
+                raise ValueError("base_kwargs can only be used when base is a class, not an instance")
             if inst.forward_func is not forward_func:
-                raise ValueError(
-                    "base was built for another forward_func; pass the same model to both"
-                )
+                raise ValueError("base was built for another forward_func; pass the same model to both")
             if layer is not None:
                 given = list(layer) if isinstance(layer, (list, tuple, nn.ModuleList)) else [layer]
-                if len(given) != len(inst.layers) or any(
-                    a is not b for a, b in zip(given, inst.layers)
-                ):
-                    raise ValueError(
-                        "layer differs from the base instance's layer(s); "
-                        "omit layer or make them match"
-                    )
+                if len(given) != len(inst.layers) or any(a is not b for a, b in zip(given, inst.layers)):
+                    raise ValueError("layer differs from the base instance's layer(s); omit layer or make them match")
             self.base = inst
         else:
             raise TypeError(
-                "base must be a CamAttribution subclass (e.g. LayerGradCam) or an instance of one, "
-                f"got {base!r}"
+                f"base must be a CamAttribution subclass (e.g. LayerGradCam) or an instance of one, got {base!r}"
             )
         self.aperture = _check_aperture(aperture, "aperture")
         self.negative_aperture = (
-            None
-            if negative_aperture is None
-            else _check_aperture(negative_aperture, "negative_aperture")
+            None if negative_aperture is None else _check_aperture(negative_aperture, "negative_aperture")
         )
         if negatives not in _NEGATIVES:
             raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
@@ -337,9 +317,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
         if positive_data not in _POSITIVE_DATA:
-            raise ValueError(
-                f"positive_data must be one of {_POSITIVE_DATA}, got {positive_data!r}"
-            )
+            raise ValueError(f"positive_data must be one of {_POSITIVE_DATA}, got {positive_data!r}")
         self.negatives = negatives
         self.k = k
         self.combine = combine
@@ -399,9 +377,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
             self._competitors(details[0].outputs, details[0].target)  # raises: no class index
         return [(d.activations, d.weights, d.cam, []) for d in details]
 
-    def _fuse_all(
-        self, gathered: List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]
-    ) -> List[Tensor]:
+    def _fuse_all(self, gathered: List[Tuple[Tensor, Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]) -> List[Tensor]:
         return [
             conceptor_fusion(
                 A,
@@ -456,6 +432,7 @@ class LayerConceptorCam(LayerAttribution, GradientAttribution):
             ``(N, 1, h, w)`` at the layer's resolution, ``(N, 1, H, W)`` with
             ``upsample_to_input=True``.
         """
+
         def raw_maps(tup: Tuple[Tensor, ...], args: Any, target: TargetSpec, to_input: bool, rule: str) -> RawMaps:
             gathered = self._gather(tup, args, target, to_input, rule)
             if len(gathered) != len(self.base.layers):
