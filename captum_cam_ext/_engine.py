@@ -26,16 +26,25 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum._utils.common import _format_additional_forward_args
 from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from captum_cam_ext._hooks import LayerRecorder, module_path, preserved_state
+from captum_cam_ext._inputs import TensorOrTuple, format_inputs, repeat_args, run_forward, slice_args
 from captum_cam_ext._linalg import first_component_projection
 from captum_cam_ext._maps import check_interpolate_mode, normalize_maps, upsample_maps
+from captum_cam_ext._targets import (
+    TargetSpec,
+    describe,
+    normalise_target,
+    resolve_target,
+    select_target_scores,
+)
 from captum_cam_ext.backprop import guided_relus
 
 __all__ = [
@@ -58,11 +67,6 @@ __all__ = [
     "spatial_dims",
 ]
 
-TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
-#: What ``target=`` accepts, as in Captum: None, an int, a tuple (multi-dimensional outputs), a
-#: list of ints or of tuples (one per example), an integer tensor of one or N elements, or -- ours --
-#: a callable mapping the model output to one score per example.
-TargetSpec = Union[None, int, Tuple[int, ...], Sequence[Any], Tensor, Callable[[Any], Tensor]]
 LayerSpec = Union[nn.Module, Sequence[nn.Module]]
 MapsOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 RawMaps = Dict[str, List[Tensor]]  # {name: [raw (N, 1, *S) map per recorded unit]}
@@ -152,356 +156,13 @@ class LayerRecord:
 
 
 # --------------------------------------------------------------------------------------------
-# Small shared helpers (used by the methods, the metrics and Conceptor-CAM)
+# Small shared helpers
 # --------------------------------------------------------------------------------------------
 
 
 def spatial_dims(t: Tensor) -> Tuple[int, ...]:
     """The dimensions after batch and channel, ``(2, ..., t.dim() - 1)``."""
     return tuple(range(2, t.dim()))
-
-
-def _describe(value: Any) -> str:
-    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
-
-
-def _normalise_target(target: TargetSpec, n: int) -> TargetSpec:
-    """Captum's target forms, checked; one-element tensors become ints (broadcast to every example)."""
-    if target is None or (callable(target) and not isinstance(target, Tensor)):
-        return target
-    if isinstance(target, bool):
-        raise TypeError("target must be an int, a tuple, a list, an integer tensor or a callable, got bool")
-    if isinstance(target, int):
-        return target
-    if isinstance(target, tuple):
-        if not target or not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise ValueError(f"a tuple target must hold ints (an index into each example's output), got {target!r}")
-        return target
-    if isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")
-        if target.numel() == 1:
-            return int(target.reshape(()).item())  # Captum: one index for every example
-        if target.dim() == 1 and target.shape[0] == n:
-            return target
-        raise ValueError(
-            f"a target tensor must have 1 element (the same class for all) or shape ({n},) "
-            f"(one class per example), got {tuple(target.shape)}"
-        )
-    if isinstance(target, list):
-        if len(target) != n:
-            raise ValueError(f"a target list must hold one entry per example ({n}), got {len(target)}: {target!r}")
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            return target
-        if all(isinstance(t, tuple) and t and all(isinstance(i, int) for i in t) for t in target):
-            return target
-        raise ValueError(f"a target list must hold ints or tuples of ints, one per example, got {target!r}")
-    raise TypeError(
-        "target must be None, an int, a tuple, a list of ints/tuples, an integer tensor or a callable, "
-        f"got {type(target).__name__}"
-    )
-
-
-def _check_index(index: Tensor, n_classes: int) -> Tensor:
-    if index.numel() and (int(index.min()) < -n_classes or int(index.max()) >= n_classes):
-        raise ValueError(
-            f"target class index out of range: the model has {n_classes} outputs "
-            f"(valid indices {-n_classes}..{n_classes - 1}), got {index.tolist()}"
-        )
-    return torch.where(index < 0, index + n_classes, index)
-
-
-def resolve_target(outputs: Any, target: TargetSpec) -> Optional[Tensor]:
-    """The class index of each example, a LongTensor ``(N,)``, or None when there is none.
-
-    ``None`` selects the arg-max class; ints, lists of ints and integer tensors select classes
-    (negative indices count from the end, as in Python). Callable targets and tuple targets
-    (positions in multi-dimensional outputs) have no class index: None is returned.
-    """
-    if callable(target) and not isinstance(target, Tensor):
-        return None
-    if not isinstance(outputs, Tensor) or outputs.dim() < 2:
-        raise ValueError(
-            "CAM methods need a model whose output is (batch, classes) to select a target class, got output "
-            f"{_describe(outputs)}. Wrap the model so it returns (N, C) scores, or pass a callable target "
-            "that maps the output to one score per example (see captum_cam_ext.targets)."
-        )
-    n = outputs.shape[0]
-    target = _normalise_target(target, n)
-    if isinstance(target, tuple) or (isinstance(target, list) and target and isinstance(target[0], tuple)):
-        return None
-    if outputs.dim() != 2:
-        raise ValueError(
-            f"the model output has shape {tuple(outputs.shape)}; a class index selects from (N, C) outputs. "
-            "Pass a tuple target (an index into each example's output, as in Captum) or a callable target"
-        )
-    n_classes = outputs.shape[1]
-    if target is None:
-        return outputs.detach().argmax(dim=1)
-    if isinstance(target, int):
-        index = torch.full((n,), target, dtype=torch.long, device=outputs.device)
-    elif isinstance(target, Tensor):
-        index = target.to(outputs.device, torch.long)
-    else:
-        index = torch.tensor(list(target), dtype=torch.long, device=outputs.device)  # type: ignore[arg-type]
-    return _check_index(index, n_classes)
-
-
-def select_target_scores(outputs: Any, target: TargetSpec) -> Tensor:
-    """The score of each example's target, shape ``(N,)``.
-
-    ``target`` takes Captum's forms (see :data:`TargetSpec`), or a callable mapping the outputs
-    (a tensor, or whatever the model returns: a dict, a tuple) to scores ``(N,)``.
-    """
-    if callable(target) and not isinstance(target, Tensor):
-        scores = target(outputs)
-        batch = outputs.shape[0] if isinstance(outputs, Tensor) else None
-        if not isinstance(scores, Tensor) or scores.dim() != 1 or (batch is not None and scores.shape[0] != batch):
-            want = f"({batch},)" if batch is not None else "(N,)"
-            raise ValueError(
-                f"a callable target must return one score per example, shape {want}, got {_describe(scores)}"
-            )
-        return scores
-    if not isinstance(outputs, Tensor):
-        raise ValueError(
-            f"the model returned a {type(outputs).__name__}, not a Tensor; pass a callable target that maps "
-            "it to one score per example, e.g. target=lambda out: out['out'][:, 3].sum(dim=(1, 2)) "
-            "(see captum_cam_ext.targets for segmentation and detection targets)"
-        )
-    if outputs.dim() == 1 and target is None:
-        return outputs
-    n = outputs.shape[0]
-    normal = _normalise_target(target, n)
-    if isinstance(normal, tuple):
-        if len(normal) > outputs.dim() - 1:
-            raise ValueError(f"tuple target {normal} has more indices than the output {tuple(outputs.shape)} has dims")
-        return outputs[(slice(None), *normal)]
-    if isinstance(normal, list) and normal and isinstance(normal[0], tuple):
-        return torch.stack([outputs[(i, *t)] for i, t in enumerate(normal)])
-    index = resolve_target(outputs, normal)
-    assert index is not None
-    return outputs.gather(1, index[:, None]).squeeze(1)
-
-
-def format_inputs(inputs: TensorOrTuple) -> Tuple[Tensor, ...]:
-    """Validate ``inputs`` (a tensor or a tuple of tensors sharing the batch size)."""
-    if isinstance(inputs, Tensor):
-        tup: Tuple[Tensor, ...] = (inputs,)
-    elif isinstance(inputs, (tuple, list)) and len(inputs) > 0:
-        tup = _format_tensor_into_tuples(tuple(inputs))  # type: ignore[arg-type]
-    else:
-        raise TypeError(f"inputs must be a Tensor or a non-empty tuple of Tensors, got {type(inputs).__name__}")
-    for i, x in enumerate(tup):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"inputs[{i}] must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(
-                f"inputs[{i}] has dtype {x.dtype}; CAM methods need floating-point inputs "
-                "(convert with .float(), and normalise images as the model expects)"
-            )
-        if x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError(f"inputs[{i}] is an empty batch (shape {tuple(x.shape)}); pass at least one example")
-        if x.shape[0] != tup[0].shape[0]:
-            raise ValueError(
-                f"all inputs must share the batch size: inputs[0] has {tup[0].shape[0]}, inputs[{i}] has {x.shape[0]}"
-            )
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"inputs[{i}] contains NaN or Inf values; clean the inputs before explaining them")
-    return tup
-
-
-def slice_args(args: Optional[Tuple[Any, ...]], start: int, stop: int, batch: int) -> Optional[Tuple[Any, ...]]:
-    """Slice every tensor of ``args`` whose first dimension is the batch; keep the rest."""
-    if args is None:
-        return None
-    return tuple(a[start:stop] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch else a for a in args)
-
-
-def repeat_args(args: Optional[Tuple[Any, ...]], repeats: int) -> Optional[Tuple[Any, ...]]:
-    """Repeat every single-example tensor of ``args`` (first dimension 1) ``repeats`` times."""
-    if args is None:
-        return None
-    return tuple(
-        a.expand(repeats, *a.shape[1:]) if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
-        for a in args
-    )
-
-
-def run_forward(forward_func: Callable, inputs: Tuple[Tensor, ...], args: Optional[Tuple[Any, ...]]) -> Any:
-    """Call ``forward_func(*inputs, *args)`` and return what it returns."""
-    return forward_func(*inputs, *(args or ()))
-
-
-def module_path(model: Any, module: nn.Module) -> str:
-    """The dotted name of ``module`` inside ``model`` (``"layer4.1.relu"``), or its type name."""
-    if isinstance(model, nn.Module):
-        for name, m in model.named_modules():
-            if m is module:
-                return name or type(module).__name__
-    return type(module).__name__
-
-
-@contextlib.contextmanager
-def preserved_state(model: Any) -> Iterator[None]:
-    """Restore every buffer of ``model`` (e.g. BatchNorm running statistics) after the block.
-
-    Forward passes of a model in ``train()`` mode update its BatchNorm running statistics; a CAM
-    must leave the model as it found it. Only models with a submodule in training mode are
-    snapshotted (in eval mode nothing changes buffers).
-    """
-    if not isinstance(model, nn.Module) or not any(m.training for m in model.modules()):
-        yield
-        return
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
-
-
-def group_by_device(entries: Sequence[Tuple[Any, Tensor]], device_order: Sequence[Any], call: int) -> List[Tensor]:
-    """Pick call ``call`` of each device and return them in ``device_order``.
-
-    ``entries`` are ``(device, tensor)`` in call order (a ``DataParallel`` model calls a layer once
-    per replica); the result concatenated along the batch is the layer value of the whole batch.
-    """
-    per_device: Dict[Any, List[Tensor]] = {}
-    for dev, t in entries:
-        per_device.setdefault(dev, []).append(t)
-    order = [d for d in device_order if d in per_device] + [d for d in per_device if d not in device_order]
-    return [per_device[d][call] for d in order]
-
-
-# --------------------------------------------------------------------------------------------
-# Hooks: record layer activations (optionally as graph roots, trimming the graph before them)
-# --------------------------------------------------------------------------------------------
-
-
-class LayerRecorder:
-    """Forward hooks on the target layers that capture their outputs (or inputs), every call.
-
-    With ``grad_root=True`` each captured activation is a tensor that requires grad. When the
-    forward runs under ``torch.no_grad()`` (graph trimming), the first hooked layer to run detaches
-    its output and switches gradient recording on, so the autograd graph starts at the layer:
-    nothing before it is stored. The hooks return a clone, so in-place operations after the layer
-    (``ReLU(inplace=True)``, ``out += identity``) cannot modify what was captured. Tuple outputs
-    are captured element-wise. Use it as a context manager: the hooks are removed on exit, also
-    on exceptions.
-
-    Parameters
-    ----------
-    layers : sequence of nn.Module
-    to_input : bool
-        Capture the layer's (first) input instead of its output.
-    grad_root : bool
-        Make the captured values differentiable graph roots.
-    names : sequence of str, optional
-        The layers' paths in the model, for error messages.
-    """
-
-    def __init__(
-        self, layers: Sequence[nn.Module], to_input: bool, grad_root: bool, names: Optional[Sequence[str]] = None
-    ) -> None:
-        self.layers = list(layers)
-        self.to_input = to_input
-        self.grad_root = grad_root
-        self.names = list(names) if names is not None else [type(m).__name__ for m in self.layers]
-        self.captured: List[List[Any]] = [[] for _ in self.layers]  # per layer, per call: Tensor or tuple
-        self.handles: List[Any] = []
-
-    def _root(self, value: Tensor) -> Tensor:
-        if not value.is_floating_point():
-            return value
-        if not torch.is_grad_enabled() or not value.requires_grad:
-            value = value.detach().requires_grad_(True)
-            torch.set_grad_enabled(True)
-        return value
-
-    def _capture(self, i: int, value: Any) -> Any:
-        where = "input" if self.to_input else "output"
-        if isinstance(value, Tensor):
-            elems: Tuple[Tensor, ...] = (value,)
-        elif isinstance(value, (tuple, list)) and value and all(isinstance(v, Tensor) for v in value):
-            elems = tuple(value)
-        else:
-            raise ValueError(
-                f"the {where} of target layer {self.names[i]} is a {type(value).__name__}, not a Tensor or a "
-                f"tuple of Tensors; pick a layer with tensor {where}s"
-            )
-        if self.grad_root:
-            roots = tuple(self._root(v) for v in elems)
-            self.captured[i].append(roots[0] if isinstance(value, Tensor) else roots)
-            clones = tuple(r.clone() for r in roots)
-            return clones[0] if isinstance(value, Tensor) else type(value)(clones)
-        copies = tuple(v.detach().clone() for v in elems)  # in-place ops later must not alter them
-        self.captured[i].append(copies[0] if isinstance(value, Tensor) else copies)
-        return value
-
-    def __enter__(self) -> LayerRecorder:
-        try:
-            for i, layer in enumerate(self.layers):
-                if self.to_input:
-
-                    def pre_hook(module: nn.Module, args: Tuple[Any, ...], i: int = i) -> Tuple[Any, ...]:
-                        if not args:
-                            raise ValueError(f"target layer {self.names[i]} was called without inputs")
-                        return (self._capture(i, args[0]), *args[1:])
-
-                    self.handles.append(layer.register_forward_pre_hook(pre_hook))
-                else:
-
-                    def hook(module: nn.Module, args: Any, out: Any, i: int = i) -> Any:
-                        return self._capture(i, out)
-
-                    self.handles.append(layer.register_forward_hook(hook))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def remove(self) -> None:
-        """Remove the hooks (idempotent)."""
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-    def calls(self, i: int) -> int:
-        """How many times layer ``i`` ran."""
-        return len(self.captured[i])
-
-    def value(self, i: int, call: int = -1, device_ids: Optional[Sequence[int]] = None) -> Any:
-        """The value captured at call ``call`` of layer ``i`` (default: the last call, as Captum).
-
-        With ``device_ids`` (a ``DataParallel`` model), the selected call of each device,
-        concatenated along the batch in device order.
-        """
-        got = self.captured[i]
-        if not got:
-            raise ValueError(
-                f"target layer {self.names[i]} was not called during the forward pass; pass a submodule that "
-                "the model actually runs (and, with attribute_to_layer_input, one that receives an input)"
-            )
-        devices = {(v if isinstance(v, Tensor) else v[0]).device for v in got}
-        if len(devices) > 1:
-            order = [torch.device("cuda", d) if isinstance(d, int) else torch.device(d) for d in (device_ids or [])]
-            entries = [((v if isinstance(v, Tensor) else v[0]).device, v) for v in got]
-            picked = group_by_device(entries, order, call)  # type: ignore[arg-type]
-            if len(picked) == 1:
-                return picked[0]
-            if isinstance(picked[0], Tensor):
-                return picked  # a list: several graph roots of one batch
-            raise ValueError(f"tuple outputs of layer {self.names[i]} across several devices are not supported")
-        if not -len(got) <= call < len(got):
-            raise ValueError(
-                f"layer_call={call} but target layer {self.names[i]} ran {len(got)} time(s) in the forward pass; "
-                f"pick a call in {-len(got)}..{len(got) - 1} (-1 is the last call, as in Captum)"
-            )
-        return got[call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,8 +300,7 @@ class CamAttribution(LayerAttribution):
             value = self.reshape_transform(value)
             if not isinstance(value, Tensor) or not 2 <= value.dim() <= 5:
                 raise ValueError(
-                    "reshape_transform must return a tensor (N, K, *S) with 0 to 3 dimensions S, "
-                    f"got {_describe(value)}"
+                    f"reshape_transform must return a tensor (N, K, *S) with 0 to 3 dimensions S, got {describe(value)}"
                 )
         elif value.dim() == 3 and self._looks_like_tokens(value):
             raise ValueError(
@@ -724,7 +384,7 @@ class CamAttribution(LayerAttribution):
     ) -> LayerRecord:
         grads_wanted = self.uses_gradients if with_gradients is None else bool(with_gradients)
         n = inputs[0].shape[0]
-        targets = [_normalise_target(t, n) for t in targets]
+        targets = [normalise_target(t, n) for t in targets]
         if grads_wanted and torch.is_inference_mode_enabled():
             raise self._no_gradient_error(
                 "attribute() was called inside torch.inference_mode(), where no gradient exists"
@@ -900,7 +560,7 @@ class CamAttribution(LayerAttribution):
     def check_target_matrix(targets: Any, n: int) -> Tensor:
         """Validate an ``(N, T)`` integer tensor of class indices; returns it as a LongTensor."""
         if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.is_floating_point():
-            raise ValueError(f"targets must be an integer tensor of shape (N, T), got {_describe(targets)}")
+            raise ValueError(f"targets must be an integer tensor of shape (N, T), got {describe(targets)}")
         if targets.shape[0] != n:
             raise ValueError(f"targets has {targets.shape[0]} rows but the batch has {n} examples")
         if targets.shape[1] == 0:
@@ -1129,7 +789,7 @@ class CamAttribution(LayerAttribution):
         rule = self.check_options(interpolate_mode, internal_batch_size, backward_rule)
         self._check_inputs_match_model(tup)
         n = tup[0].shape[0]
-        target = _normalise_target(target, n)
+        target = normalise_target(target, n)
         if upsample_to_input and tup[0].dim() < 3:
             raise ValueError(f"upsample_to_input needs spatial inputs (N, C, *S), got {tuple(tup[0].shape)}")
         input_size = tuple(tup[0].shape[2:]) if upsample_to_input else None

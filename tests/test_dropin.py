@@ -165,7 +165,7 @@ def test_captum_arguments_device_ids_grad_kwargs_attr_dim_summation():
 
 
 def test_device_grouping_picks_each_replicas_call_in_device_order():
-    from captum_cam_ext._engine import group_by_device
+    from captum_cam_ext._hooks import group_by_device
 
     a0, a1, b0, b1 = (torch.full((1,), float(v)) for v in range(4))
     entries = [("dev1", a1), ("dev0", a0), ("dev1", b1), ("dev0", b0)]  # replicas run in any order

@@ -136,11 +136,11 @@ def conceptor_fusion(
     b, k = activations.shape[:2]
     grid = tuple(activations.shape[2:])
     p = math.prod(grid)
-    ones = (1,) * len(grid)
+    unit_shape = (1,) * len(grid)
     if (
         weights.dim() != activations.dim()
         or weights.shape[:2] != (b, k)
-        or tuple(weights.shape[2:]) not in (ones, grid)
+        or tuple(weights.shape[2:]) not in (unit_shape, grid)
     ):
         raise ValueError(
             f"weights must be (B, K, {', '.join('1' for _ in grid)}) or (B, K, *S) = {(b, k, *grid)}, "
