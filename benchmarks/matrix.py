@@ -575,6 +575,8 @@ def memory_labels(grad_cell: Dict[str, Any], which: str) -> List[str]:
     if which == "all":
         return labels
     meta = grad_cell["entries"]
+    if which == "gradcam":
+        return [k for k in labels if meta[k]["method"] == "gradcam" and meta[k]["family"] in ("ours", "captum")]
     return [k for k in labels if meta[k]["family"] in ("baseline", "ours") or meta[k]["method"] == "gradcam"]
 
 
@@ -722,7 +724,7 @@ def stage_perturbation(ctx: Context) -> None:
         for layer_name in spec.quick_layers if quick else spec.perturbation_layers:
             small = layer_name in spec.quick_layers
             for method in perturbation_methods():
-                if method not in core and not (small and ctx.args.all_perturbation_methods):
+                if method not in core and not (small and ctx.args.all_perturbation_methods and not quick):
                     continue
                 name = f"perturbation_{arch}_{layer_name}_{method}.json"
                 if ctx.cached(name) is not None:
@@ -883,7 +885,7 @@ def peer_metrics(ctx: Context, model_path: str, n: int, quantus_n: int) -> Dict[
         t0 = time.perf_counter()
         curves = metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_batch, device=str(ctx.device),
                         batch_size=16)  # fmt: skip
-        scores = [np.trapezoid(np.asarray(c), dx=1.0 / max(1, len(c) - 1)) for c in curves]
+        scores = [np.trapezoid(c, dx=1.0 / max(1, c.size - 1)) for c in map(np.asarray, curves)]
         wall = time.perf_counter() - t0
         out["quantus"] = {"wall_s": wall, "images": m, "images_per_s": m / wall,
                           "metrics": f"PixelFlipping (deletion), {ctx.args.causal_steps} steps, on precomputed maps",
@@ -928,9 +930,10 @@ def stage_evaluate(ctx: Context) -> None:
                 out = ctx.path(f"evaluate_{procs}proc", "x")[:-2]
                 shutil.rmtree(out, ignore_errors=True)
                 runs[f"{procs}"] = run_evaluate_cli(ctx, model_path, n, procs, out)
-                startup = run_evaluate_cli(ctx, model_path, procs, procs, out)  # one image per process
-                if "wall_s" in runs[f"{procs}"] and "wall_s" in startup:
-                    runs[f"{procs}"]["startup_s"] = startup["wall_s"]
+                if not ctx.args.quick:
+                    startup = run_evaluate_cli(ctx, model_path, procs, procs, out)  # one image per process
+                    if "wall_s" in runs[f"{procs}"] and "wall_s" in startup:
+                        runs[f"{procs}"]["startup_s"] = startup["wall_s"]
                 ctx.say(f"evaluate {procs} process(es): {runs[f'{procs}']}")
         peers = peer_metrics(ctx, model_path, n, ctx.args.quantus_images)
     ctx.store(name, {"images": n, "runs": runs, "peers": peers, "load": sampler.summary(),
@@ -1202,7 +1205,8 @@ def report(ctx: Context) -> str:
     a = ctx.args
     raw: Dict[str, Any] = {"grad": {}, "memory": {}, "perturbation": {}, "tune": {}, "evaluate": None}
     lines = [
-        f"# Performance across architectures (issue 12) — {'quick run' if a.quick else 'full run'}",
+        f"# Performance across architectures (issue 12) — "
+        f"{'GPU run' if ctx.device.type == 'cuda' else 'quick run' if a.quick else 'full run'}",
         "",
         f"Machine: {machine(ctx.device)}; device {ctx.device}; {a.threads} threads (`torch.set_num_threads`). "
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())
@@ -1264,7 +1268,8 @@ def plot_scaling(ev: Dict[str, Any], path: str) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--quick", action="store_true", help="batch 1, 2 runs, small layers, 200 images (< 5 minutes)")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--stages", default=None,
+                   help=f"comma-separated subset of {','.join(STAGES)} (default all; quick: all but tune)")
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--batches", default=None, help="default 1,8 (quick: 1)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved runs per entry (default 5, quick 2)")
@@ -1273,8 +1278,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="architectures whose perturbation methods run once (each run is thousands of forwards)")
     p.add_argument("--all-perturbation-methods", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the registry's other perturbation methods (on the small layers, once)")
-    p.add_argument("--memory-entries", choices=("core", "all"), default=None,
-                   help="core: the forward, ours and every peer's Grad-CAM (default); all: every entry")
+    p.add_argument("--memory-entries", choices=("gradcam", "core", "all"), default=None,
+                   help="core: the forward, ours and every peer's Grad-CAM (default); all: every entry; "
+                        "gradcam: ours and Captum's Grad-CAM (quick)")
     p.add_argument("--tune-sizes", default="4,8,16,32,64")
     p.add_argument("--tune-copies", type=int, default=64)
     p.add_argument("--eval-images", type=int, default=None, help="default 2000 (quick 200)")
@@ -1292,9 +1298,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.batches = a.batches or ("1" if a.quick else "1,8")
+    a.stages = a.stages or ",".join(x for x in STAGES if not (a.quick and x == "tune"))
     a.repeats = a.repeats or (2 if a.quick else 5)
-    a.memory_entries = a.memory_entries or "core"
-    a.eval_images = a.eval_images or (200 if a.quick else 2000)
+    a.memory_entries = a.memory_entries or ("gradcam" if a.quick else "core")
+    a.eval_images = a.eval_images or (100 if a.quick else 2000)
     a.quantus_images = a.quantus_images or (100 if a.quick else 500)
     suffix = "_quick" if a.quick else ""
     dev = "cpu" if a.device == "cpu" else "cuda"
