@@ -8,7 +8,8 @@ call, i.e. the extra memory the call needed on top of the model and the inputs.
 
 Score-CAM runs one forward per channel and example (2048 x 8 resnet50 forwards would take about
 an hour here), so it is compared with pytorch-grad-cam's ScoreCAM on a smaller setting that is
-stated in the results: resnet18, layer4 (512 channels), batch 1, 224x224.
+stated in the results: resnet18, layer4 (512 channels), batch 1, 224x224, each implementation
+with its defaults. The matrix over architectures is ``benchmarks/matrix.py``.
 
 Usage: ``python benchmarks/cam_speed.py [--repeats 5] [--threads 2] [--out benchmarks/results/cam_speed.md]``
 """
@@ -160,14 +161,13 @@ def score_cam_comparison(repeats: int) -> Dict[str, object]:
 
     model, x, target = build("resnet18", 1, 224, seed=1)
     layer = model.layer4
-    ours = cce.LayerScoreCam(model, layer, batch_size=16)
 
-    def run_ours() -> torch.Tensor:
+    def run_ours() -> torch.Tensor:  # the defaults: measured chunk size (cached per model), BN folded
+        ours = cce.LayerScoreCam(model, layer)
         return ours.attribute(x, target=target, relu_attributions=True, upsample_to_input=True, normalize=True)[:, 0]
 
-    def run_ref() -> torch.Tensor:
+    def run_ref() -> torch.Tensor:  # pytorch-grad-cam's defaults (16 masked inputs per forward)
         with ScoreCAM(model=model, target_layers=[layer]) as cam:
-            cam.batch_size = 16
             return torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in target]))
 
     a, b = run_ours(), run_ref()
@@ -246,7 +246,7 @@ def main() -> None:
         ratio = score["ref"] / score["ours"]
         lines += [
             "",
-            "## Score-CAM (resnet18, layer4 = 512 channels, batch 1, 224x224, batch_size 16 masked inputs per forward)",
+            "## Score-CAM (resnet18, layer4 = 512 channels, batch 1, 224x224, every implementation's defaults)",
             "",
             "| implementation | median time (s) |",
             "|---|---|",
