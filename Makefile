@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml Makefile | cksum | cut 
 FMNIST := /usr/share/datasets/fashion-mnist
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: test demo lint docs bench install fashion-mnist clean
+.PHONY: test demo lint docs gallery bench install fashion-mnist clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -42,8 +42,16 @@ lint: install
 demo: install
 	$(VPY) -m captum_cam_ext.demo --out out
 
+# The gallery's demo figure and photo panels are regenerated first (about 1.5 CPU-min), so that the
+# stored outputs always agree with `make demo`; `make gallery` also remakes the slow all-methods and
+# segmentation / detection / ViT panels.
 docs: install
+	$(VPY) docs/make_gallery.py --only demo
+	$(VPY) docs/make_gallery.py --only photos
 	$(VPY) -m sphinx -W -q -b html docs docs/_build/html
+
+gallery: install
+	$(VPY) docs/make_gallery.py
 
 bench: install fashion-mnist
 	$(VPY) benchmarks/cam_speed.py

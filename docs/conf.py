@@ -40,7 +40,7 @@ autodoc_default_options = {
     "show-inheritance": True,
     # every class page shows the engine's attribute / compute / record with their parameters, but not
     # what Captum's and torch's base classes define
-    "inherited-members": "LayerAttribution,GradientAttribution,PerturbationAttribution,Module,object",
+    "inherited-members": True,
 }
 # Captum's Attribution.attribute is a typed property; do not re-document torch/captum bases
 autodoc_inherit_docstrings = True
@@ -57,3 +57,53 @@ html_theme_options = {
     "page_width": "1180px",
     "sidebar_width": "230px",
 }
+
+
+def _base_names() -> set:
+    """Names that Captum's and torch's base classes define (methods, properties, typed attributes)."""
+    from captum.attr._utils.attribution import (
+        Attribution,
+        GradientAttribution,
+        LayerAttribution,
+        PerturbationAttribution,
+    )
+    from torch import nn
+
+    names: set = set()
+    for cls in (Attribution, GradientAttribution, LayerAttribution, PerturbationAttribution, nn.Module):
+        for klass in cls.__mro__:
+            names |= set(vars(klass)) | set(getattr(klass, "__annotations__", {}))
+    return names
+
+
+def _own_names() -> set:
+    """Names that a class of the package defines itself (e.g. ``attribute``): always documented."""
+    import inspect
+
+    import captum_cam_ext
+
+    names: set = set()
+    for mod_name in list(__import__("sys").modules):
+        if mod_name.startswith("captum_cam_ext"):
+            for _, cls in inspect.getmembers(__import__("sys").modules[mod_name], inspect.isclass):
+                if cls.__module__.startswith("captum_cam_ext"):
+                    names |= set(vars(cls))
+    del captum_cam_ext
+    return names
+
+
+_FOREIGN: set = set()
+
+
+def _skip_captum_and_torch_members(app, what, name, obj, skip, options):  # noqa: ANN001, ANN201
+    """Inherited members are shown (every class page has the engine's attribute), except those that
+    only Captum's and torch's base classes define."""
+    if not _FOREIGN:
+        _FOREIGN.update(_base_names() - _own_names())
+    if name in _FOREIGN:
+        return True
+    return None
+
+
+def setup(app):  # noqa: ANN001, ANN201
+    app.connect("autodoc-skip-member", _skip_captum_and_torch_members)

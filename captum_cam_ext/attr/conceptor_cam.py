@@ -98,11 +98,14 @@ def conceptor_fusion(
 
     Parameters
     ----------
-    activations : Tensor, shape (B, K, *S)
+    activations : Tensor
+        Shape ``(B, K, *S)``.
         Layer activations ``A`` over a grid ``S`` of 1 to 3 dimensions (``P = prod(S)`` positions).
-    weights : Tensor, shape (B, K, 1, ...) or (B, K, *S)
+    weights : Tensor
+        Shape ``(B, K, 1, ...)`` or ``(B, K, *S)``.
         The base method's (signed) weights for the target class.
-    base_map : Tensor, shape (B, 1, *S), optional
+    base_map : Tensor, optional
+        Shape ``(B, 1, *S)``.
         The base CAM before ReLU, ``m``; defaults to ``sum_k w_k A_k``. Spatial layout only
         (the channel layout fuses the signed weighted columns ``z_p`` directly).
     competitor_data : sequence of (activations, weights)
@@ -128,8 +131,8 @@ def conceptor_fusion(
 
     Returns
     -------
-    Tensor, shape (B, 1, *S)
-        ``s = C m`` (not ReLU'd), in the dtype of ``activations``.
+    Tensor
+        ``(B, 1, *S)``: ``s = C m`` (not ReLU'd), in the dtype of ``activations``.
     """
     if not 3 <= activations.dim() <= 5:
         raise ValueError(f"activations must be (B, K, *S) with 1 to 3 dimensions S, got {tuple(activations.shape)}")

@@ -32,6 +32,8 @@ class LayerFem(CamAttribution):
     k : float
         The number of standard deviations above the mean (default 2, the paper's).
 
+    Notes
+    -----
     Shapes: activations ``(N, K, *S)`` (images, volumes, sequences), weights ``(N, K, 1, ...)``,
     map ``(N, 1, *S)``.
     """

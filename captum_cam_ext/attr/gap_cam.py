@@ -36,6 +36,8 @@ class LayerGapCam(CamAttribution):
         The fully connected layer (an ``nn.Linear``, or a 1x1 convolution), or its name in the
         model. Default: the model's only ``nn.Linear``.
 
+    Notes
+    -----
     Shapes: activations ``(N, K, *S)``, weights ``(N, K, 1, ...)`` (the rows of the target
     classes), map ``(N, 1, *S)``. ``target`` must select classes (an int, a list, a tensor or
     None for the arg-max); a callable target has no row in the fully connected layer.

@@ -36,6 +36,8 @@ class LayerIsCam(SampledScoreCam):
     num_samples : int
         :math:`n` (default 10, torchcam's).
 
+    Notes
+    -----
     Shapes as :class:`~captum_cam_ext.LayerSsCam`.
     """
 

@@ -34,6 +34,8 @@ class LayerRandomCam(CamAttribution):
         Draw from this one instead. With neither ``seed`` nor ``generator``, numpy's global
         random state is used (as pytorch-grad-cam).
 
+    Notes
+    -----
     Shapes: activations ``(N, K, *S)``, weights ``(N, K, 1, ...)`` drawn in row-major order
     (example by example), map ``(N, 1, *S)``.
     """

@@ -46,6 +46,8 @@ class LayerSsCam(SampledScoreCam):
         ``torch.manual_seed``. The noise ``(N, K, *S_in)`` is drawn per sample for the whole
         chunk of examples.
 
+    Notes
+    -----
     Shapes: activations ``(N, K, *S)`` with as many spatial dimensions as ``inputs[0]``
     ``(N, C, *S_in)``; weights ``(N, K, 1, ...)``; map ``(N, 1, *S)``.
     """
