@@ -73,21 +73,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "cpu": dict(
         sweep_n=10_000, sweep_epochs=3, val_start=50_000, n_val=2_000, sweep_arch="resnet18s",
         lambdas=LAMBDAS, errors=ERRORS, bn_modes=("train", "eval"), sweep_bn_mode="eval",
-        full_n=60_000, full_epochs=3, seeds={"resnet18s": 3, "mobilenetv2s": 1},
+        full_n=60_000, full_epochs=3, full_augment=False, seeds={"resnet18s": 3, "mobilenetv2s": 1},
         batch=128, lr=3e-3, weight_decay=5e-4, n_test=10_000, n_eval=2_000, causal_steps=16,
         timing_batch=128, timing_pairs=5, jobs=1,
     ),
     "gpu": dict(
         sweep_n=10_000, sweep_epochs=3, val_start=50_000, n_val=2_000, sweep_arch="resnet18s",
         lambdas=LAMBDAS, errors=ERRORS, bn_modes=("train", "eval"), sweep_bn_mode="eval",
-        full_n=60_000, full_epochs=3, seeds={"resnet18s": 3, "mobilenetv2s": 3},
+        full_n=60_000, full_epochs=3, full_augment=False, seeds={"resnet18s": 3, "mobilenetv2s": 3},
         batch=128, lr=3e-3, weight_decay=5e-4, n_test=10_000, n_eval=2_000, causal_steps=16,
         timing_batch=128, timing_pairs=10, jobs=8,
     ),
     "tiny": dict(
         sweep_n=256, sweep_epochs=1, val_start=50_000, n_val=64, sweep_arch="resnet18s",
         lambdas=(7.5e-3, 1.0), errors=("cosine", "mse"), bn_modes=("train", "eval"), sweep_bn_mode="eval",
-        full_n=256, full_epochs=2, seeds={"resnet18s": 2, "mobilenetv2s": 1},
+        full_n=256, full_epochs=2, full_augment=True, seeds={"resnet18s": 2, "mobilenetv2s": 1},
         batch=32, lr=3e-3, weight_decay=5e-4, n_test=128, n_eval=24, causal_steps=4,
         timing_batch=16, timing_pairs=2, jobs=1,
     ),
@@ -459,7 +459,7 @@ def stage_train(cfg: Dict[str, Any], preset: str, device: torch.device, shard: T
     for i, spec in enumerate(full_specs(cfg, decisions)):
         if i % shard[1] != shard[0] or spec["key"] in read_json(out):
             continue
-        info = train_run(spec, data, cfg["full_epochs"], cfg, preset, device, augment=True)
+        info = train_run(spec, data, cfg["full_epochs"], cfg, preset, device, augment=cfg["full_augment"])
         model = load_model(spec, preset, device)
         n_test = cfg["n_test"]
         with torch.no_grad():
@@ -862,9 +862,10 @@ def markdown(res: Dict[str, Any], cfg: Dict[str, Any], figs: List[str], suffix: 
         f"{cfg['full_epochs']} epochs; test accuracy on {cfg['n_test']} test images; every per-image measure on "
         f"the first {cfg['n_eval']} test images (explained class = label).\n"
         f"- Recipe (all arms, all seeds): AdamW (lr {cfg['lr']}, weight decay {cfg['weight_decay']}), OneCycle "
-        f"schedule, batch {cfg['batch']}, augmentation = random shift by up to 2 pixels (black border) + "
-        "horizontal flip; the seed fixes the initial weights, the data order and the augmentation, so the arms of "
-        "a seed see the same batches. Guided gradient detached (stop-gradient); cosine error for the full runs.\n"
+        f"schedule, batch {cfg['batch']}; augmentation (sweep" + (" and full runs" if cfg["full_augment"] else " only")
+        + ") = random shift by up to 2 pixels (black border) + horizontal flip; the seed fixes the initial weights, "
+        "the data order and the augmentation, so the arms of a seed see the same batches. Guided gradient detached "
+        "(stop-gradient); cosine error for the full runs.\n"
         f"- Models: {', '.join(ARCH_TITLE[a] for a in cfg['seeds'])}; CAM layer `layer4` / `features[-1]` (4x4).\n"
         "- Regularizer options ablated in the sweep: BatchNorm statistics for the two input gradients "
         "(`bn_mode=\"train\"`: the training forward's batch statistics; `\"eval\"`: running statistics, a second "
