@@ -740,25 +740,28 @@ def sweep_figure(cfg: Dict[str, Any], sweep: Dict[str, Any], path: Path) -> None
 
     arch = cfg["sweep_arch"]
     base = sweep.get(run_key("sweep", arch, 0, 0.0, "", "", ""))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    colors = {"cosine": "C0", "mse": "C1", "mae": "C2"}
     for error in cfg["errors"]:
         for bn in cfg["bn_modes"]:
             rs = [sweep[k] for k in (run_key("sweep", arch, 0, lam, error, bn, "mean") for lam in cfg["lambdas"]) if k in sweep]
             if not rs:
                 continue
             lams = [r["lam"] for r in rs]
-            style = "-" if bn == "eval" else "--"
-            axes[0].plot(lams, [r["cos_loss"] for r in rs], style, marker="o", label=f"{error}, BN {bn}")
-            axes[1].plot(lams, [100 * r["acc"] for r in rs], style, marker="o", label=f"{error}, BN {bn}")
+            kw = dict(ls="-" if bn == "eval" else "--", marker="o", color=colors.get(error), label=f"{error}, BN {bn}")
+            axes[0].plot(lams, [r["cos_loss"] for r in rs], **kw)  # type: ignore[arg-type]
+            axes[1].plot(lams, [r["cos_score"] for r in rs], **kw)  # type: ignore[arg-type]
+            axes[2].plot(lams, [100 * r["acc"] for r in rs], **kw)  # type: ignore[arg-type]
     if base:
         axes[0].axhline(base["cos_loss"], color="k", lw=0.8, label="baseline (lam=0)")
-        axes[1].axhline(100 * base["acc"], color="k", lw=0.8)
-    for ax, yl in zip(axes, ("eval-mode cosine (held-out)", "held-out accuracy (%)")):
+        axes[1].axhline(base["cos_score"], color="k", lw=0.8)
+        axes[2].axhline(100 * base["acc"], color="k", lw=0.8)
+    labels = ("eval-mode cosine, CE gradients", "eval-mode cosine, class-score gradients", "held-out accuracy (%)")
+    for ax, yl in zip(axes, labels):
         ax.set_xscale("log")
-        ax.set_xlabel("lam")
+        ax.set_xlabel("lam (paper's 7.5e-3 dotted)")
         ax.set_ylabel(yl)
-    axes[0].axvline(PAPER_LAM, color="grey", ls=":", lw=0.8)
-    axes[1].axvline(PAPER_LAM, color="grey", ls=":", lw=0.8)
+        ax.axvline(PAPER_LAM, color="grey", ls=":", lw=0.8)
     axes[0].legend(fontsize=6)
     fig.suptitle(f"Sweep: {ARCH_TITLE[arch]}, {cfg['sweep_n']} images, {cfg['sweep_epochs']} epochs, seed 0", fontsize=8)
     fig.tight_layout()
