@@ -598,3 +598,18 @@ def test_train_steps_scheduler_and_applies_input_transform_like_a_manual_loop() 
         train(model, DataLoader(data, batch_size=8), bn_mode="batch")
     with pytest.raises(TypeError, match="input_transform"):
         train(model, DataLoader(data, batch_size=8), input_transform=3)
+
+
+def test_regularizer_gradients_equal_backprop_input_gradients() -> None:
+    from captum_cam_ext.training.loss import regularizer_gradients
+
+    torch.manual_seed(13)
+    model = _grouped_net().eval()
+    x, y = torch.randn(3, 2, 9, 9, dtype=torch.float64), torch.tensor([2, 0, 1])
+    ref = input_gradients(model, x, y)
+    for fast in (True, False):
+        got = regularizer_gradients(model, x, y, fast_ops=fast)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="targets"):
+        regularizer_gradients(model, x, torch.tensor([0, 1]))
