@@ -56,10 +56,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-import torch
-import torchvision
-from torch import Tensor, nn
+# On a shared machine OpenMP threads that spin while waiting for a descheduled peer make small kernels
+# 10-60x slower (regnet_y_400mf, batch 1, 2 threads, load 6: 3.3 s per forward with the default policy,
+# 0.055 s with PASSIVE). Set before torch starts its thread pool; export OMP_WAIT_POLICY to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -81,7 +86,8 @@ class ArchSpec:
     layer : str
         The gradient-CAM layer (dotted path): the last spatial feature map.
     perturbation_layers, quick_layers : tuple of str
-        Layers explained by the perturbation methods in the full run and with ``--quick``.
+        Layers explained by the perturbation methods in the full run and with ``--quick``
+        (``--perturbation-layers ARCH=LAYER`` overrides, e.g. ``vit_b_16=...`` on a GPU).
     tokens : bool
         The layer outputs ViT tokens ``(N, 1 + h*w, C)`` (``vit_reshape_transform``).
     """
@@ -97,12 +103,15 @@ VIT_LAYER = "encoder.layers.encoder_layer_11.ln_1"
 ARCHS: Dict[str, ArchSpec] = {
     a.name: a
     for a in (
-        ArchSpec("resnet50", "layer4", ("layer4",)),
-        ArchSpec("densenet121", "features", ("features",)),
-        ArchSpec("convnext_tiny", "features", ("features",)),
-        ArchSpec("mobilenet_v3_large", "features", ("features",), ("features",)),
+        # perturbation layers: the last feature map where one image costs at most ~1,300 forwards on the
+        # 2-core CPU; on the heavy networks an earlier, narrower layer (the cost is K forwards of the
+        # whole model whatever the layer; the per-forward cost, hence the speed-up, does not depend on K)
+        ArchSpec("resnet50", "layer4", ("layer1",)),
+        ArchSpec("densenet121", "features", ("features.transition2",)),
+        ArchSpec("convnext_tiny", "features", ("features.3",)),
+        ArchSpec("mobilenet_v3_large", "features", ("features",)),
         ArchSpec("regnet_y_400mf", "trunk_output", ("trunk_output",), ("trunk_output",)),
-        ArchSpec("vit_b_16", VIT_LAYER, (VIT_LAYER,), tokens=True),
+        ArchSpec("vit_b_16", VIT_LAYER, (), tokens=True),  # 768 forwards of ViT-B per run: tune data only on CPU
         ArchSpec("efficientnet_lite0", "_head_act", ("_blocks.15", "_head_act"), ("_blocks.15",)),
     )
 }
@@ -277,6 +286,10 @@ def pgc_entry(s: Setup, method: str, **kwargs: Any) -> Entry:
         finally:
             pgc_release(cam)
             s.model.zero_grad(set_to_none=True)  # pytorch-grad-cam back-propagates into the parameters
+            if hasattr(cam, "ablation_layer"):  # AblationCAM swaps the layer and does not swap it back on errors
+                from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+
+                replace_layer_recursive(s.model, cam.ablation_layer, s.layer)
 
     return Entry(f"pytorch-grad-cam {PGC_CLASSES[method]}", "pytorch-grad-cam", method, run)
 
@@ -348,34 +361,80 @@ def gradient_entries(s: Setup) -> Tuple[Dict[str, Entry], Dict[str, str]]:
     return entries, errors
 
 
+def method_kinds() -> Dict[str, str]:
+    """``{canonical name: kind}`` of the registry."""
+    from captum_cam_ext.registry import method_kind, methods
+
+    return {n: method_kind(c) for n, c in methods().items()}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def time_interleaved(
-    entries: Dict[str, Entry], repeats: int, device: torch.device
-) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
-    """Warm-up once, then ``repeats`` round-robin rounds; entries that raise are dropped with their error."""
-    times: Dict[str, List[float]] = {}
+    entries: Dict[str, Entry],
+    repeats: int,
+    device: torch.device,
+    once: Sequence[str] = (),
+    baseline: Optional[str] = None,
+    pair_every: int = 3,
+) -> Tuple[Dict[str, List[float]], Dict[str, List[float]], Dict[str, str]]:
+    """Warm-up once, then ``repeats`` round-robin rounds: ``(times, paired ratios, errors)``.
+
+    The ``baseline`` entry (the no-grad forward) is run again before every ``pair_every``-th entry
+    of a round, and each entry's time is divided by the latest baseline time: a ratio of two runs
+    made seconds apart, which a machine whose speed drifts during a round (other jobs starting and
+    stopping) does not bias. Entries that raise are dropped with their error. Entries in ``once``
+    (the expensive composite methods, for which no goal is set) are timed in one run after the
+    rounds, without a warm-up of their own.
+    """
+    times: Dict[str, List[float]] = {label: [] for label in entries}
+    ratios: Dict[str, List[float]] = {label: [] for label in entries}
     errors: Dict[str, str] = {}
     live = {}
     for label, e in entries.items():
+        if label in once:
+            continue
         try:
             e.fn()
             sync(device)
             live[label] = e
-            times[label] = []
         except Exception as exc:  # noqa: BLE001 - a method that fails on an architecture is reported
-            errors[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    for _ in range(repeats):
-        for label, e in live.items():
+            errors[label] = error_text(exc)
+
+    def timed(label: str, e: Entry) -> Optional[float]:
+        try:
             sync(device)
             t0 = time.perf_counter()
             e.fn()
             sync(device)
-            times[label].append(time.perf_counter() - t0)
-    return times, errors
+        except Exception as exc:  # noqa: BLE001
+            errors[label] = error_text(exc)
+            return None
+        dt = time.perf_counter() - t0
+        times[label].append(dt)
+        return dt
+
+    base_entry = entries.get(baseline) if baseline is not None else None
+    last_base: Optional[float] = None
+    rounds: List[Tuple[int, Dict[str, Entry]]] = [(repeats, live), (1, {k: entries[k] for k in once if k in entries})]
+    for count, group in rounds:
+        for _ in range(count):
+            for i, (label, e) in enumerate(group.items()):
+                if label in errors or label == baseline:
+                    continue
+                if base_entry is not None and baseline is not None and (last_base is None or i % pair_every == 0):
+                    last_base = timed(baseline, base_entry)
+                dt = timed(label, e)
+                if dt is not None and last_base:
+                    ratios[label].append(dt / last_base)
+    return (
+        {k: v for k, v in times.items() if v},
+        {k: v for k, v in ratios.items() if v},
+        errors,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,9 +560,16 @@ def stage_grad(ctx: Context) -> None:
             ctx.say(f"grad {arch} batch {batch} (load at start {load:.2f})")
             s = make_setup(arch, batch, ctx.device)
             entries, build_errors = gradient_entries(s)
+            kinds = method_kinds()
+            once = [k for k, e in entries.items() if kinds.get(e.method) == "composite"]
+            if ctx.args.quick:  # no goal is set for the composite methods: left out of the quick run
+                entries = {k: e for k, e in entries.items() if k not in once}
+                once = []
             t0 = time.time()
             with LoadSampler() as sampler:
-                times, errors = time_interleaved(entries, ctx.args.repeats, ctx.device)
+                times, ratios, errors = time_interleaved(
+                    entries, ctx.args.repeats, ctx.device, once, baseline="forward (no grad)"
+                )
             errors.update(build_errors)
             ctx.store(
                 name,
@@ -512,11 +578,13 @@ def stage_grad(ctx: Context) -> None:
                     "batch": batch,
                     "layer": s.layer_name,
                     "times": times,
+                    "ratios": ratios,
                     "entries": {k: {"family": e.family, "method": e.method} for k, e in entries.items()},
                     "errors": errors,
                     "load": sampler.summary(),
                     "wall_s": time.time() - t0,
                     "repeats": ctx.args.repeats,
+                    "once": once,
                 },
             )
             del s, entries
@@ -580,9 +648,14 @@ def memory_labels(grad_cell: Dict[str, Any], which: str) -> List[str]:
     return [k for k in labels if meta[k]["family"] in ("baseline", "ours") or meta[k]["method"] == "gradcam"]
 
 
+QUICK_MEMORY_ARCHS = ("resnet50", "efficientnet_lite0")
+
+
 def stage_memory(ctx: Context) -> None:
     batch = max(ctx.batches)
     for arch in ctx.archs:
+        if ctx.args.quick and arch not in QUICK_MEMORY_ARCHS:
+            continue
         grad = ctx.cached(f"grad_{arch}_b{batch}.json")
         if grad is None:
             ctx.say(f"memory {arch}: no grad cell for batch {batch} (run the grad stage first); skipped")
@@ -714,6 +787,15 @@ def perturbation_cell(ctx: Context, arch: str, layer_name: str, method: str, rep
     }  # fmt: skip
 
 
+def perturbation_layers(ctx: Context, spec: ArchSpec) -> Tuple[str, ...]:
+    """The layers the perturbation methods explain on ``spec`` (``--perturbation-layers`` overrides)."""
+    for item in ctx.args.perturbation_layers.split(","):
+        arch, _, layers = item.partition("=")
+        if arch == spec.name:
+            return tuple(x for x in layers.split("+") if x)
+    return spec.quick_layers if ctx.args.quick else spec.perturbation_layers
+
+
 def stage_perturbation(ctx: Context) -> None:
     """Score-CAM and Ablation-CAM on every perturbation layer; the registry's other perturbation
     methods (sampled Score-CAMs: tens of Score-CAMs each) on the small layers only, once."""
@@ -721,7 +803,7 @@ def stage_perturbation(ctx: Context) -> None:
     core = [m for m in ("scorecam", "ablationcam") if m in perturbation_methods()]
     for arch in ctx.archs:
         spec = ARCHS[arch]
-        for layer_name in spec.quick_layers if quick else spec.perturbation_layers:
+        for layer_name in perturbation_layers(ctx, spec):
             small = layer_name in spec.quick_layers
             for method in perturbation_methods():
                 if method not in core and not (small and ctx.args.all_perturbation_methods and not quick):
@@ -743,7 +825,13 @@ def stage_perturbation(ctx: Context) -> None:
 
 
 def stage_tune(ctx: Context) -> None:
-    """Milliseconds per masked copy (no-grad forward of the whole model) by chunk size and memory format."""
+    """Milliseconds per masked copy (no-grad forward of the whole model): pytorch-grad-cam's way (contiguous
+    inputs, 16 per pass) next to ours (channels_last, BatchNorm folded) at each chunk size.
+
+    Score-CAM is these forwards and little else, so the ratio of the two is the speed-up to expect.
+    """
+    from captum_cam_ext.attr.perturbation import FoldedForward
+
     sizes = [int(b) for b in ctx.args.tune_sizes.split(",")]
     for arch in ctx.archs:
         name = f"tune_{arch}.json"
@@ -752,27 +840,33 @@ def stage_tune(ctx: Context) -> None:
         load = wait_for_quiet(ctx.args.max_load, ctx.args.max_wait)
         ctx.say(f"tune {arch} (load at start {load:.2f})")
         s = make_setup(arch, 1, ctx.device)
-        small = arch in ("mobilenet_v3_large", "regnet_y_400mf", "efficientnet_lite0")
-        copies = ctx.args.tune_copies * (4 if small else 1)
-        x = s.x.expand(max(sizes), *s.x.shape[1:]).contiguous()
-        configs = [("contiguous", b) for b in sizes] + [("channels_last", b) for b in sizes]
-        per_copy: Dict[str, List[float]] = {f"{fmt} b{b}": [] for fmt, b in configs}
+        folded = FoldedForward(s.model)
+        x = s.x.expand(max(sizes + [16]), *s.x.shape[1:]).contiguous()
+        cl = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            folded((cl[:16],), None)  # checked against the model once
+        fast = folded.folded or s.model
+        configs: Dict[str, Tuple[Callable[..., Any], Tensor, int]] = {
+            "pytorch-grad-cam: contiguous, 16": (s.model, x, 16),
+            "channels_last, 16": (s.model, cl, 16),
+        }
+        for b in sizes:
+            configs[f"ours: channels_last + folded, {b}"] = (fast, cl, b)
+        per_copy: Dict[str, List[float]] = {k: [] for k in configs}
         with LoadSampler() as sampler, torch.no_grad():
-            for fmt, b in configs:  # warm-up (oneDNN primitive caches)
-                xb = x[:b].contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x[:b]
-                s.model(xb)
+            for model, inp, b in configs.values():  # warm-up (oneDNN primitive caches)
+                model(inp[:b])
             for _ in range(2):
-                for fmt, b in configs:
-                    xb = x[:b].contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x[:b]
-                    n = max(1, copies // b)
+                for label, (model, inp, b) in configs.items():
+                    n = max(1, ctx.args.tune_copies // b)
                     sync(ctx.device)
                     t0 = time.perf_counter()
                     for _ in range(n):
-                        s.model(xb)
+                        model(inp[:b])
                     sync(ctx.device)
-                    per_copy[f"{fmt} b{b}"].append((time.perf_counter() - t0) / (n * b) * 1000)
-        ctx.store(name, {"arch": arch, "ms_per_copy": per_copy, "load": sampler.summary()})
-        del s
+                    per_copy[label].append((time.perf_counter() - t0) / (n * b) * 1000)
+        ctx.store(name, {"arch": arch, "ms_per_copy": per_copy, "load": sampler.summary(), "folds": folded.folds})
+        del s, folded, fast, configs
         gc.collect()
 
 
@@ -960,15 +1054,19 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def lookup(cell: Optional[Dict[str, Any]], family: str, method: str) -> Tuple[Optional[str], Optional[float]]:
-    """The label of ``family``'s entry for ``method`` in a cell and its median time (NaN if it failed)."""
+def lookup(
+    cell: Optional[Dict[str, Any]], family: str, method: str, what: str = "times"
+) -> Tuple[Optional[str], Optional[float]]:
+    """The label of ``family``'s entry for ``method`` in a cell and its median time, or with
+    ``what="ratios"`` its median paired ratio to the no-grad forward (NaN if it failed)."""
     if not cell:
         return None, None
     for label, meta in cell["entries"].items():
         if meta["family"] == family and meta["method"] == method:
-            if label in cell["errors"] or not cell["times"].get(label):
+            values = cell.get(what, {}).get(label)
+            if label in cell["errors"] or not values:
                 return label, float("nan")
-            return label, med(cell["times"][label])
+            return label, med(values)
     return None, None
 
 
@@ -1012,9 +1110,8 @@ def report_arch(ctx: Context, arch: str, raw: Dict[str, Any]) -> Tuple[List[str]
         ours_family = "baseline" if m == "forward" else "ours"
         row = ["no-grad forward: seconds" if m == "forward" else m]
         for b in ctx.batches:
-            base = lookup(cells[b], "baseline", "forward")[1]
             for fam in (ours_family, *PEERS):
-                label, t = lookup(cells[b], fam, m)
+                label, t = lookup(cells[b], fam, m, "times" if m == "forward" else "ratios")
                 if label is None or t is None:
                     row.append("")
                 elif t != t:
@@ -1022,7 +1119,7 @@ def report_arch(ctx: Context, arch: str, raw: Dict[str, Any]) -> Tuple[List[str]
                 elif m == "forward":
                     row.append(f"{t:.3f}")
                 else:
-                    r = t / base if base else float("nan")
+                    r = t
                     row.append(f"{r:.2f}×")
                     if fam == "ours" and m in grad_names and (b not in summary.worst or r > summary.worst[b][0]):
                         summary.worst[b] = (r, m)
@@ -1085,7 +1182,7 @@ def report_perturbation(ctx: Context, raw: Dict[str, Any]) -> List[str]:
     cells = []
     for arch in ctx.archs:
         spec = ARCHS[arch]
-        for layer_name in spec.quick_layers if ctx.args.quick else spec.perturbation_layers:
+        for layer_name in perturbation_layers(ctx, spec):
             for method in perturbation_methods():
                 cell = ctx.cached(f"perturbation_{arch}_{layer_name}_{method}.json")
                 if cell:
@@ -1150,13 +1247,22 @@ def report_tune(ctx: Context, raw: Dict[str, Any]) -> List[str]:
     rows = []
     for arch, cell in tunes.items():
         vals = {k: min(v) for k, v in cell["ms_per_copy"].items()}
-        best = min(vals.values())
-        cols = [f"**{vals[k]:.1f}**" if vals[k] == best else f"{vals[k]:.1f}" for k in configs]
-        rows.append([arch, *cols, f"{cell['load']['median']:.2f}"])
+        ours = {k: v for k, v in vals.items() if k.startswith("ours")}
+        best = min(ours, key=ours.__getitem__) if ours else None
+        ref = vals.get(configs[0])
+        cols = [f"**{vals[k]:.1f}**" if k == best else f"{vals.get(k, float('nan')):.1f}" for k in configs]
+        pred = f"{ref / ours[best]:.2f}×" if best and ref else "—"
+        rows.append([arch, *cols, str(cell.get("folds", "")), pred, f"{cell['load']['median']:.2f}"])
     return [
-        "## Chunk sizes: milliseconds per masked copy (no-grad forward of the whole model, best of 2)",
+        "## Where Score-CAM's time goes: milliseconds per masked copy",
         "",
-        *table(["architecture", *configs, "load"], rows),
+        "A no-grad forward of the whole model per masked copy (best of 2 interleaved passes over "
+        f"{ctx.args.tune_copies} copies): pytorch-grad-cam's way (contiguous inputs, 16 per forward), channels_last "
+        "alone, and ours (channels_last, BatchNorm folded) at each chunk size. Score-CAM is these forwards and little "
+        "else, so `pgc / best ours` is the speed-up to expect from an exact implementation; the bold entry is the "
+        "fastest of ours.",
+        "",
+        *table(["architecture", *configs, "BN folded", "pgc / best ours", "load"], rows),
         "",
     ]
 
@@ -1208,7 +1314,8 @@ def report(ctx: Context) -> str:
         f"# Performance across architectures (issue 12) — "
         f"{'GPU run' if ctx.device.type == 'cuda' else 'quick run' if a.quick else 'full run'}",
         "",
-        f"Machine: {machine(ctx.device)}; device {ctx.device}; {a.threads} threads (`torch.set_num_threads`). "
+        f"Machine: {machine(ctx.device)}; device {ctx.device}; {a.threads} threads (`torch.set_num_threads`), "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}. "
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())
         + f". Page written {datetime.datetime.now().isoformat(timespec='minutes')} by `benchmarks/matrix.py"
         + (" --quick" if a.quick else "") + "`.",
@@ -1216,11 +1323,17 @@ def report(ctx: Context) -> str:
         "Settings: torchvision models with random weights (seed 0; nothing can be downloaded here and speed does "
         "not depend on the weights), the bundled pretrained EfficientNet-Lite0; inputs are the bundled photos at "
         "224x224 (cycled and mirrored to fill a batch), targets the predicted classes; `relu_attributions=True`. "
-        "Times are medians of interleaved runs in one process after a warm-up run; ratios are to the median "
-        "no-grad forward of the same batch measured in the same rounds. Peak memory: extra memory of one call in a "
-        "fresh process (CPU: resident-set growth sampled every 0.2 ms).",
+        "All entries run interleaved in one process after a warm-up run; each ratio is the median over the rounds "
+        "of the entry's time divided by a no-grad forward of the same batch run just before it (re-measured every "
+        "3 entries), so a drift in the machine's speed during a round does not bias it. Composite methods (no goal) "
+        "are timed once. Peak memory: extra memory of one call in a fresh process (CPU: resident-set growth "
+        "sampled every 0.2 ms).",
         "",
     ]  # fmt: skip
+    notes = os.path.join(os.path.dirname(a.out), "matrix.notes.md")
+    if not a.quick and ctx.device.type == "cpu" and os.path.exists(notes):  # the hand-written reading of the run
+        with open(notes) as f:
+            lines += [f.read().strip(), ""]
     summaries = []
     body: List[str] = []
     for arch in ctx.archs:
@@ -1267,22 +1380,27 @@ def plot_scaling(ev: Dict[str, Any], path: str) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="batch 1, 2 runs, small layers, 200 images (< 5 minutes)")
+    p.add_argument("--quick", action="store_true",
+                   help="batch 1, 2 runs, no composite methods, memory on 2 architectures, Score-/Ablation-CAM on "
+                        "2 small layers once, 100 images (< 5 minutes on a quiet 2-core machine)")
     p.add_argument("--stages", default=None,
                    help=f"comma-separated subset of {','.join(STAGES)} (default all; quick: all but tune)")
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--batches", default=None, help="default 1,8 (quick: 1)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved runs per entry (default 5, quick 2)")
     p.add_argument("--perturbation-repeats", type=int, default=3)
+    p.add_argument("--perturbation-layers", default="",
+                   help="ARCH=LAYER[+LAYER],... instead of the defaults (e.g. vit_b_16=" + VIT_LAYER + ")")
     p.add_argument("--single-run-archs", default="resnet50,densenet121,convnext_tiny,vit_b_16",
                    help="architectures whose perturbation methods run once (each run is thousands of forwards)")
-    p.add_argument("--all-perturbation-methods", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the registry's other perturbation methods (on the small layers, once)")
+    p.add_argument("--all-perturbation-methods", action=argparse.BooleanOptionalAction, default=False,
+                   help="also time the registry's other perturbation methods (sampled Score-CAMs: tens of "
+                        "Score-CAMs each) on the small layers, once")
     p.add_argument("--memory-entries", choices=("gradcam", "core", "all"), default=None,
                    help="core: the forward, ours and every peer's Grad-CAM (default); all: every entry; "
                         "gradcam: ours and Captum's Grad-CAM (quick)")
-    p.add_argument("--tune-sizes", default="4,8,16,32,64")
-    p.add_argument("--tune-copies", type=int, default=64)
+    p.add_argument("--tune-sizes", default="8,16,32,64")
+    p.add_argument("--tune-copies", type=int, default=32)
     p.add_argument("--eval-images", type=int, default=None, help="default 2000 (quick 200)")
     p.add_argument("--quantus-images", type=int, default=None, help="default 500 (quick 100)")
     p.add_argument("--causal-steps", type=int, default=16)
@@ -1299,7 +1417,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.batches = a.batches or ("1" if a.quick else "1,8")
     a.stages = a.stages or ",".join(x for x in STAGES if not (a.quick and x == "tune"))
-    a.repeats = a.repeats or (2 if a.quick else 5)
+    a.repeats = a.repeats or (2 if a.quick else 3)
     a.memory_entries = a.memory_entries or ("gradcam" if a.quick else "core")
     a.eval_images = a.eval_images or (100 if a.quick else 2000)
     a.quantus_images = a.quantus_images or (100 if a.quick else 500)
@@ -1307,7 +1425,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     dev = "cpu" if a.device == "cpu" else "cuda"
     a.cache = a.cache or os.path.join(HERE, "cache", f"matrix{suffix}", dev)
     if a.out is None:
-        name = "gpu" if dev == "cuda" else f"matrix{suffix}"
+        name = "gpu" if dev == "cuda" else ("matrix.quick" if a.quick else "matrix")
         a.out = os.path.join(HERE, "results", f"{name}.md")
     return a
 
