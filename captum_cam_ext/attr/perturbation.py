@@ -19,9 +19,9 @@ objects on the same model -- skip the measurement. No work is wasted: every meas
 chunk of the real computation. The chunking changes only the order of independent forward
 passes, so the maps are those of any fixed ``batch_size`` (up to the float rounding of batched
 convolutions). Why measure instead of a fixed number: the best size differs by architecture and
-machine (on a 2-core CPU, EfficientNet-Lite0 at 32 copies per pass ran 2.3x slower than at 16
-while ResNets gain from larger chunks; on a GPU larger chunks keep winning), see
-``benchmarks/results/matrix.md``.
+machine (on the project's 2-core CPU, Score-CAM on EfficientNet-Lite0 took 19.8 s with 32 copies
+per pass and 8.6 s with 16; the chunk size each architecture ends up with is in
+``benchmarks/results/matrix.md``).
 """
 
 from __future__ import annotations
