@@ -360,7 +360,9 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
             return outputs.gather(1, target.to(outputs.device)).to(score_dtype(outputs))
         return select_target_scores(outputs, target).to(score_dtype(outputs))[:, None]
 
-    def _target_for(self, record: LayerRecord) -> TargetSpec:
+    def record_target(self, record: LayerRecord) -> TargetSpec:
+        """The recorded target(s) as the scoring passes take them: one class index / callable per
+        example, or an ``(N, T)`` index tensor when several targets share the perturbed passes."""
         if len(record.targets) == 1:
             index = record.indices[0]
             return index if index is not None else record.targets[0]
@@ -373,9 +375,9 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
     ) -> List[List[Tensor]]:
         if record.tuple_output:
             raise ValueError(f"{type(self).__name__} needs a layer with one tensor output, not a tuple")
-        self._warn_train_mode_once()
+        self.warn_if_train_mode()
         self.last_run = {"batch_size": self.batch_size, "copies": 0, "skipped": 0, "measured": False}
-        target = self._target_for(record)
+        target = self.record_target(record)
         clean = self.clean_scores(record, target)
         n = inputs[0].shape[0]
         per_unit: List[Tensor] = []
@@ -406,7 +408,9 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
             for t in range(clean.shape[1])
         ]
 
-    def _warn_train_mode_once(self) -> None:
+    def warn_if_train_mode(self) -> None:
+        """Warn once per instance when the model has BatchNorm layers in train mode (the perturbed
+        copies would then be normalised with each other's statistics)."""
         model = self.forward_func
         if self._warned_train_mode or not isinstance(model, nn.Module):
             return

@@ -96,8 +96,8 @@ class SampledScoreCam(PerturbationCamAttribution):
     ) -> List[List[Tensor]]:
         if record.tuple_output:
             raise ValueError(f"{type(self).__name__} needs a layer with one tensor output, not a tuple")
-        self._warn_train_mode_once()  # inherited from PerturbationCamAttribution
-        target = self._target_for(record)
+        self.warn_if_train_mode()
+        target = self.record_target(record)
         n_targets = len(record.targets)
         x0, rest = inputs[0], inputs[1:]
         n = x0.shape[0]
