@@ -284,6 +284,11 @@ def test_confidence_errors():
         confidence_metrics(model, x, maps.expand(4, 3, 4, 4))
     multi = confidence_metrics(model, x, maps.expand(4, 3, 4, 4), channel_reduction="mean")
     torch.testing.assert_close(multi.drop, confidence_metrics(model, x, maps).drop)
+    # three different channels: "mean" scores their channel mean, not any one channel
+    three = torch.rand(4, 3, *maps.shape[2:], generator=torch.Generator().manual_seed(0))
+    mean_drop = confidence_metrics(model, x, three, channel_reduction="mean").drop
+    torch.testing.assert_close(mean_drop, confidence_metrics(model, x, three.mean(1, keepdim=True)).drop)
+    assert not torch.allclose(mean_drop, confidence_metrics(model, x, three[:, :1]).drop)
     with pytest.raises(TypeError, match="exactly one"):
         confidence_metrics(model, x)
     with pytest.raises(TypeError, match="exactly one"):
