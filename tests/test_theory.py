@@ -21,6 +21,7 @@ from captum_cam_ext.theory import (
     GradCamAtInitAnalyzer,
     chi_mean_binomial,
     masked_cnn,
+    methods_at_init,
     methods_markdown,
     plot_sweep,
     sweep_markdown,
@@ -295,6 +296,28 @@ def test_sweep_report_table_and_figure():
     assert "LayerGradCam" in methods_markdown([dict(method="LayerGradCam", leak_mc=1.0,
                                                     leak_se=0.1, leak_theory=None, p_pos_mc=0.5,
                                                     n_samples=10)])
+
+
+def test_methods_at_init_skips_a_method_that_does_not_apply_when_asked():
+    # Finer-CAM needs a class besides the target; the masked CNN has a single output
+    small = dict(n_filters=3, visible_rows=2, height=6, width=6, n_samples=400,
+                 n_samples_perturbation=40, seed=3)
+    with pytest.raises(ValueError, match="besides the target"):
+        methods_at_init([cce.LayerGradCam, cce.LayerFinerCam], **small)
+    rows = methods_at_init([cce.LayerGradCam, cce.LayerFinerCam], skip_inapplicable=True, **small)
+    assert [r["method"] for r in rows] == ["LayerGradCam", "LayerFinerCam"]
+    grad, finer = rows
+    assert "skipped" not in grad and grad["n_samples"] == 400
+    # the applicable method's numbers are the Monte-Carlo of the closed form, not placeholders
+    assert grad["leak_theory"] is not None and grad["leak_theory"] > 0
+    assert abs(grad["leak_mc"] - grad["leak_theory"]) < 4 * grad["leak_se"]
+    assert finer["skipped"].startswith("ValueError: ") and "besides the target" in finer["skipped"]
+    assert finer["n_samples"] == 0 and "leak_mc" not in finer
+    md = methods_markdown(rows)
+    assert "| LayerFinerCam | - | not applicable: ValueError: " in md
+    # an explicit False raises
+    with pytest.raises(ValueError, match="besides the target"):
+        methods_at_init([cce.LayerFinerCam], skip_inapplicable=False, **small)
 
 
 @pytest.mark.parametrize("method", ["LayerGradCam", "LayerHiResCam", "LayerScoreCam"])

@@ -242,6 +242,30 @@ def test_wall_ratio_invariant_to_map_scale(seed):
 # ---------------------------------------------------------------------------------- audit
 
 
+def test_audit_pairs_skips_an_inapplicable_method_only_when_asked():
+    from captum_cam_ext.walls.audit import audit_pairs
+
+    class LayerNeedsAHead(cce.LayerGradCam):
+        def __init__(self, forward_func, layer, **kw):  # noqa: ANN001, ANN003
+            raise ValueError("this model has no single nn.Linear head\nsecond line")
+
+    torch.manual_seed(0)
+    net = SplitTrunkBlindNet().eval()
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(12, 28, 28), dtype=np.uint8)
+    pairs = stack_pairs(imgs, np.arange(12) % 3, mode="different", n=6, seed=0)
+    with pytest.raises(ValueError, match="no single nn.Linear head"):
+        audit_pairs(net, pairs, [cce.LayerHiResCam, LayerNeedsAHead], progress=False)
+    res = audit_pairs(net, pairs, [cce.LayerHiResCam, LayerNeedsAHead], progress=False,
+                      skip_inapplicable=True)
+    assert res["skipped"] == {"LayerNeedsAHead": "ValueError: this model has no single nn.Linear head"}
+    assert list(res["methods"]) == ["LayerHiResCam"]
+    # HiResCAM is exactly 0 behind the split model's wall: the row holds real measurements
+    assert res["methods"]["LayerHiResCam"]["positive_mass"]["mean"] == 0.0
+    alone = audit_pairs(net, pairs, [cce.LayerHiResCam], progress=False)
+    assert alone["methods"]["LayerHiResCam"]["wall_ratio"] == res["methods"]["LayerHiResCam"]["wall_ratio"]
+
+
 @needs_fmnist
 def test_run_audit_smoke(tmp_path):
     from captum_cam_ext.walls import run_audit

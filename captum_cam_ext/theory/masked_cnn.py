@@ -226,8 +226,9 @@ def masked_cnn(
 
     Parameters
     ----------
-    in_channels, height, width, kernel_size, n_filters, visible_rows, bias, hidden, n_outputs,
-    pool_size
+    in_channels, height, width, kernel_size, n_filters, visible_rows
+        See :class:`MaskedCNN`.
+    bias, hidden, n_outputs, pool_size
         See :class:`MaskedCNN`.
     sigma_w : float
         Standard deviation of the convolution weights (and bias).

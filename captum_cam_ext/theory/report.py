@@ -154,6 +154,7 @@ def methods_at_init(
     seed: int = 0,
     x: Optional[torch.Tensor] = None,
     cam_kwargs: Optional[Dict[str, Dict[str, Any]]] = None,
+    skip_inapplicable: Optional[bool] = None,
 ) -> List[Dict[str, Any]]:
     """Monte-Carlo leak of every registered CAM class on one masked-CNN configuration.
 
@@ -162,17 +163,23 @@ def methods_at_init(
     are no competitor classes).  ``cam_kwargs`` maps a method (canonical name, alias or class
     name) to extra constructor arguments.  Methods that are not of the ``"shared_pass"`` kind
     (perturbation and composite methods, see :func:`captum_cam_ext.registry.method_kind`) use
-    ``n_samples_perturbation`` draws.  With the default ``methods``, a registered method that does
-    not apply to the masked CNN (it raises while built or run, e.g. a method that needs an
-    ``nn.Linear`` head) gets a row with ``skipped`` (the reason) instead of numbers.
+    ``n_samples_perturbation`` draws.  ``skip_inapplicable``: a method that does not apply to the
+    masked CNN (it raises a ``ValueError`` / ``TypeError`` / ``NotImplementedError`` /
+    ``RuntimeError`` while built or run, e.g. a method that needs an ``nn.Linear`` head, or
+    Finer-CAM, which needs a class besides the target while the masked CNN has one output) gets a
+    row with ``skipped`` (the reason) instead of numbers; default True when ``methods`` is None
+    (every registered method), else False (the error is raised), as in
+    :func:`captum_cam_ext.walls.model_audit.measure_leakage`.
 
     Returns
     -------
     list of dict
         ``method``, ``leak_mc``, ``leak_se``, ``leak_theory`` (or None), ``p_pos_mc`` (mean share
-        of draws with a positive value on the masked rows), ``n_samples``.
+        of draws with a positive value on the masked rows), ``n_samples``; a skipped method's
+        row has ``method``, ``skipped`` (exception type and first line of its message) and
+        ``n_samples`` = 0.
     """
-    skip = methods is None
+    skip = methods is None if skip_inapplicable is None else bool(skip_inapplicable)
     if methods is None:
         methods = registered_cams()
     kwargs = {"conceptor": {"negatives": "channels"}}

@@ -215,6 +215,7 @@ def audit_pairs(
     batch: int = 100,
     progress: bool = True,
     keep_maps: int = 0,
+    skip_inapplicable: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Leakage of each CAM method on one stacked dataset.
 
@@ -225,10 +226,14 @@ def audit_pairs(
     pairs : StackedPairs
         The images (targets are the model's predicted classes, as in the paper).
     methods : sequence of CAM classes, optional
-        Default :func:`default_methods`; then a registered method that does not apply to the
-        model (raises while built or run) is skipped and listed under ``skipped``.
+        Default :func:`default_methods`.
     keep_maps : int
         Keep the first ``keep_maps`` maps of every method (for figures).
+    skip_inapplicable : bool, optional
+        Skip, and list under ``skipped`` with its reason, a method that does not apply to the
+        model (it raises a ``ValueError`` / ``TypeError`` / ``NotImplementedError`` /
+        ``RuntimeError`` while built or run), instead of raising.  Default: True when
+        ``methods`` is None (every registered method), else False.
 
     Returns
     -------
@@ -240,7 +245,7 @@ def audit_pairs(
         resolution for the split model, where the unseen part is exact; on the upsampled map for
         the dense model).
     """
-    skip = methods is None
+    skip = methods is None if skip_inapplicable is None else bool(skip_inapplicable)
     if methods is None:
         methods = default_methods()
     feat_row, in_row = _unseen(model)

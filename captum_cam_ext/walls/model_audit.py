@@ -299,8 +299,9 @@ def audit_model(
 
     Parameters
     ----------
-    model, layer, images, hidden, methods, target, batch, method_batch_size, cam_kwargs,
-    keep_maps, progress, skip_inapplicable :
+    model, layer, images, hidden, methods, target, batch
+        See :func:`measure_leakage`.
+    method_batch_size, cam_kwargs, keep_maps, progress, skip_inapplicable
         See :func:`measure_leakage`.
     seed : int
         Seed of the blindness check's random changes.
