@@ -10,20 +10,23 @@ Writes ``benchmarks/results/walls.md``, ``walls_theory.png``, ``walls_theory_poo
 ``walls_maps_split.png``, ``walls_maps_dense.png`` and ``walls.json``.  The paper-geometry and
 real-image sections read the per-image results cached by ``walls_paper_bench.py``
 (``benchmarks/cache/blind_paper_audit_*.pt``, ``blind_real_*.pt``); the half-wall models are cached
-in ``benchmarks/cache/blind_{split,dense}_*.pt`` (delete them to retrain).  One thread; about 10
-minutes on top of the cached stages.
+in ``benchmarks/cache/blind_{split,dense}_*.pt`` (delete them to retrain), and this script's own
+stages (theory vs Monte-Carlo, half-wall audits) in ``benchmarks/cache/blind_bench_*.pt``
+(``--recompute`` to redo them).  With every cache present the page is rebuilt in about a minute;
+the theory and half-wall stages take tens of minutes on one thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from captum_cam_ext.attr.grad_cam import LayerGradCam  # noqa: E402
 from captum_cam_ext.theory import (  # noqa: E402
     GradCamAtInitAnalyzer,
+    method_key,
     methods_at_init,
     methods_markdown,
     plot_sweep,
@@ -53,10 +57,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import walls_paper_bench as paper  # noqa: E402
 
 
-def theory_part(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
-    """Theory vs Monte-Carlo: the no-pool sweep, the max-pooled sweep, every CAM at init."""
-    import matplotlib.pyplot as plt
+def _cached(path: Path, recompute: bool, compute: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    """``compute()``, saved to ``path``; loaded from it when it exists (unless ``recompute``)."""
+    if path.is_file() and not recompute:
+        out: Dict[str, Any] = torch.load(path, weights_only=False)
+        out["cached"] = True
+        return out
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    out["cached"] = False
+    return out
 
+
+def theory_rows(args: argparse.Namespace) -> Dict[str, Any]:
+    """Theory vs Monte-Carlo: the no-pool sweep, the max-pooled sweep, every CAM at init."""
     t0 = time.perf_counter()
     sweep = theory_sweep(n_filters=(1, 2, 4, 8, 16, 32), visible_rows=(2, 4, 6), height=10,
                          width=10, kernel_size=3, sigma_w=0.7, sigma_theta=1.3,
@@ -71,25 +86,56 @@ def theory_part(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
             zs = [an.monte_carlo(x_sweep, args.draws, seed=s, method=LayerGradCam).leak_z
                   for s in (101, 102, 103)]
             reruns.append((r["V"], r["visible_rows"], r["leak_z"], zs))
-    fig = plot_sweep(sweep)
-    fig.savefig(out / "walls_theory.png", dpi=110)
-    plt.close(fig)
     t_sweep = time.perf_counter() - t0
     # the authors' notebook model, scaled down: conv 2x2 -> ReLU -> 2x2 max-pool -> masked dense
     t0 = time.perf_counter()
     pool = theory_sweep(n_filters=(2, 8, 32), visible_rows=(1, 2, 3), height=9, width=9,
                         kernel_size=2, sigma_w=1.0, sigma_theta=1.0, n_samples=args.draws,
                         seed=1, pool_size=2, argmax=True, n_outputs=10)
-    fig = plot_sweep(pool)
-    fig.savefig(out / "walls_theory_pool.png", dpi=110)
-    plt.close(fig)
     t_pool = time.perf_counter() - t0
     t0 = time.perf_counter()
+    # every registered method; one that does not apply to the one-output masked CNN (Finer-CAM
+    # needs a competitor class, GAP-CAM a single nn.Linear head, LeGrad attention blocks) gets a
+    # row with the reason instead of numbers
     at_init = methods_at_init(default_methods(), n_samples=args.draws,
-                              n_samples_perturbation=max(200, args.draws // 10))
+                              n_samples_perturbation=max(200, args.draws // 10),
+                              skip_inapplicable=True)
     t_init = time.perf_counter() - t0
     return {"sweep": sweep, "pool": pool, "methods": at_init, "reruns": reruns,
             "seconds": {"sweep": t_sweep, "pool": t_pool, "methods": t_init}}
+
+
+def theory_part(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
+    """:func:`theory_rows` (cached in ``--cache-dir``) and its two figures."""
+    import matplotlib.pyplot as plt
+
+    th = _cached(Path(args.cache_dir) / f"blind_bench_theory_d{args.draws}.pt", args.recompute,
+                 lambda: theory_rows(args))
+    for rows, name in ((th["sweep"], "walls_theory.png"), (th["pool"], "walls_theory_pool.png")):
+        fig = plot_sweep(rows)
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+    return th
+
+
+def half_wall_kind(args: argparse.Namespace, kind: str) -> Dict[str, Any]:
+    """One half-wall model (trained or loaded from the cache) audited on D1 and D2."""
+    # SS-CAM and IS-CAM (35 / 10 Score-CAMs per image) are measured in section 1 only
+    meths = [m for m in default_methods() if method_key(m) not in paper.SLOW_ON_FMNIST]
+    model: Any
+    model, info = train_blind_model(kind, args.epochs, args.n_train, seed=0,
+                                    cache_dir=args.cache_dir, progress=args.progress)
+    res = {}
+    for name, mode in DATASETS.items():
+        pairs = stacked_fashion_mnist("test", mode, n=args.n_test, seed=1)
+        r = audit_pairs(model, pairs, meths, progress=args.progress, keep_maps=4,
+                        skip_inapplicable=True)
+        r["mode"] = mode
+        res[name] = r
+    wall = int(getattr(model, "split_row", getattr(model, "band_start", 0)))
+    return {"train": info, "datasets": res, "wall_row": wall,
+            "visible_feature_rows": int(model.visible_feature_rows),
+            "feature_rows": int(model.feature_shape[1])}
 
 
 def half_wall_audits(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
@@ -98,29 +144,20 @@ def half_wall_audits(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
 
     audits: Dict[str, Any] = {}
     kinds = ["split"] + ([] if args.no_dense else ["dense"])
-    meths = default_methods()
     for kind in kinds:
-        model: Any
-        model, info = train_blind_model(kind, args.epochs, args.n_train, seed=0,
-                                        cache_dir=args.cache_dir, progress=args.progress)
-        res = {}
-        maps_fig = None
-        for name, mode in DATASETS.items():
-            pairs = stacked_fashion_mnist("test", mode, n=args.n_test, seed=1)
-            r = audit_pairs(model, pairs, meths, progress=args.progress, keep_maps=4)
-            r["mode"] = mode
-            maps = {k: v.pop("maps") for k, v in r["methods"].items()}
-            if mode == "same":
-                maps_fig = (pairs, maps)
-            res[name] = r
-        assert maps_fig is not None
-        wall = int(getattr(model, "split_row", getattr(model, "band_start", 0)))
-        fig = plot_audit_maps(maps_fig[0], maps_fig[1], wall)
+        tag = f"e{args.epochs}_n{args.n_train or 'all'}_t{args.n_test}"
+        a = _cached(Path(args.cache_dir) / f"blind_bench_half_{kind}_{tag}.pt", args.recompute,
+                    functools.partial(half_wall_kind, args, kind))
+        maps = {}
+        for r in a["datasets"].values():
+            m = {k: v.pop("maps") for k, v in r["methods"].items() if "maps" in v}
+            if r["mode"] == "same":
+                maps = m
+        pairs = stacked_fashion_mnist("test", "same", n=args.n_test, seed=1)
+        fig = plot_audit_maps(pairs, maps, a["wall_row"])
         fig.savefig(out / f"walls_maps_{kind}.png", dpi=100)
         plt.close(fig)
-        audits[kind] = {"train": info, "datasets": res, "wall_row": wall,
-                        "visible_feature_rows": int(model.visible_feature_rows),
-                        "feature_rows": int(model.feature_shape[1])}
+        audits[kind] = a
     return audits
 
 
@@ -153,7 +190,8 @@ def half_wall_markdown(args: argparse.Namespace, audits: Dict[str, Any]) -> List
         "feature rows are interpolated): with nearest upsampling it is exactly 0. With half of "
         "the image behind the wall, the whole lower object is hidden, so the ratio of a leaking "
         "method is close to a uniform map's (0.707): this geometry cannot be set next to the "
-        "paper's number, hence section 1.",
+        "paper's number, hence section 1. SS-CAM and IS-CAM (35 and 10 Score-CAMs per image) "
+        "are measured in section 1 only.",
         "",
     ]
     for kind, a in audits.items():
@@ -223,9 +261,14 @@ def theory_markdown(args: argparse.Namespace, th: Dict[str, Any]) -> List[str]:
         "![pooled model](walls_theory_pool.png)",
         "",
         "Every registered CAM on the no-pool model (V = 8, 4 of 8 rows visible, fixed target); "
-        "HiResCAM and LayerCAM have closed forms too (exactly 0 behind the wall). Score-CAM, "
-        "Ablation-CAM, Guided Grad-CAM and Conceptor-CAM (`negatives=\"channels\"`: one output, "
-        "no competitor classes) use a tenth of the draws:",
+        "HiResCAM and LayerCAM have closed forms too (exactly 0 behind the wall). "
+        "Conceptor-CAM runs with `negatives=\"channels\"` (one output, no competitor classes). "
+        "Methods that are not single-pass ("
+        + ", ".join(r["method"] for r in th["methods"]
+                    if "skipped" not in r and r["n_samples"] < args.draws)
+        + f") use {max(200, args.draws // 10)} draws. Methods that do not apply to a network "
+        "with one output and no single `nn.Linear` head after global pooling are listed with the "
+        "error they raise (`methods_at_init(..., skip_inapplicable=True)`):",
         "",
         methods_markdown(th["methods"]),
         "",
@@ -242,6 +285,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--cache-dir", default=str(ROOT / "benchmarks" / "cache"))
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--recompute", action="store_true",
+                    help="recompute the theory and half-wall stages instead of loading them from "
+                         "--cache-dir (blind_bench_*.pt)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -323,9 +369,11 @@ def main() -> int:
         "bundled photos and 8 random crops of each (seeded), as 224x112 tiles stacked two per "
         "image: *same* = a photo over itself or a crop over another crop of the same photo (the "
         "STACK-MIX setting), *different* = two different photos. Control: the original "
-        "EfficientNet-Lite0 on the same images (CAM layer `_head_act`, 7x7). Score-CAM (1280 "
-        f"masked forwards per image) runs on the first {paper.SCORECAM_SUBSET['photos-same']} "
-        f"images of photos-same and {paper.SCORECAM_SUBSET['crops-same']} of crops-same only.",
+        "EfficientNet-Lite0 on the same images (CAM layer `_head_act`, 7x7). Score-CAM and the "
+        "other methods with a full forward pass per masked channel (1280 per image; Ablation-CAM "
+        "ablates inside the layer and is cheap) run on the first "
+        f"{paper.SCORECAM_SUBSET['photos-same']} images of photos-same and "
+        f"{paper.SCORECAM_SUBSET['crops-same']} of crops-same only.",
         "",
         *paper.real_section(real),
         "## 3. Half of the image behind the wall (our first geometry)",

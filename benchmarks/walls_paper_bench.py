@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -39,6 +40,10 @@ EPOCHS = 3
 N_TEST = 1000
 HIDDEN = "42:56"  # the bottom 14 of 56 rows: the paper's 54 of 224
 REAL_HIDDEN = "170:224"  # the paper's band on the 224x224 stacked photos
+# methods with many masked forwards per image (SS-CAM: ~0.9 s per image here) run on the first
+# N_SLOW test images of each dataset only
+SLOW_ON_FMNIST = ("sscam", "iscam")
+N_SLOW = 200
 
 
 def train_all(progress: bool) -> None:
@@ -61,11 +66,16 @@ def audit_paper(progress: bool, only_trained: bool = False) -> None:
 
     ``only_trained``: skip models not trained yet (so that it can run next to ``--stage train``).
     """
+    import captum_cam_ext.attr  # noqa: F401  (registers the methods)
+    from captum_cam_ext.registry import methods
     from captum_cam_ext.walls.audit import DATASETS
     from captum_cam_ext.walls.blindness import check_blind
     from captum_cam_ext.walls.datasets import stacked_fashion_mnist
     from captum_cam_ext.walls.model_audit import measure_leakage
 
+    every = methods()
+    slow = [c for n, c in every.items() if n in SLOW_ON_FMNIST]
+    fast = [c for n, c in every.items() if n not in SLOW_ON_FMNIST]
     for seed in SEEDS:
         for kind in KINDS:
             todo = [d for d in DATASETS if not _paper_audit_path(kind, seed, d).is_file()]
@@ -74,12 +84,21 @@ def audit_paper(progress: bool, only_trained: bool = False) -> None:
                 continue
             model, info = train_blind_model(kind, EPOCHS, None, seed=seed, cache_dir=CACHE,
                                             progress=False)
+            layer = model.features
+            assert isinstance(layer, torch.nn.Module)
             for name in todo:
                 pairs = stacked_fashion_mnist("test", DATASETS[name], n=N_TEST, seed=1)
                 t0 = time.perf_counter()
                 blind = check_blind(model, pairs.images[:200], HIDDEN)
-                audit = measure_leakage(model, model.features, pairs.images, HIDDEN, batch=100,
-                                        progress=progress)
+                audit = measure_leakage(model, layer, pairs.images, HIDDEN, batch=100,
+                                        progress=progress, methods=fast,
+                                        skip_inapplicable=True)
+                few = measure_leakage(model, layer, pairs.images[:N_SLOW], HIDDEN,
+                                      batch=100, progress=progress, methods=slow,
+                                      skip_inapplicable=True)
+                audit.per_image.update(few.per_image)
+                audit.seconds.update(few.seconds)
+                audit.skipped.update(few.skipped)
                 with torch.no_grad():
                     acc = float((model(pairs.images).argmax(1) == pairs.labels).float().mean())
                 blob = {"per_image": audit.per_image, "seconds": audit.seconds,
@@ -99,7 +118,25 @@ REAL_SETS = {  # name -> (mode, crops per photo)
     "crops-same": ("same", 8),
     "crops-different": ("different", 8),
 }
-SCORECAM_SUBSET = {"photos-same": 3, "crops-same": 3}  # Score-CAM: ~2 min per image on 1 thread
+# Score-CAM and the other methods that run a full forward per masked channel (SS-CAM, IS-CAM):
+# ~2 min per image and method on 1 thread, so a few images only
+SCORECAM_SUBSET = {"photos-same": 3, "crops-same": 3}
+
+
+# Not run on EfficientNet-Lite0 at all: tens of Score-CAMs per image (over an hour per image here)
+REAL_EXCLUDED = {
+    "sscam": "not run on EfficientNet-Lite0: 35 Score-CAMs per image (about 75 min per image on "
+             "one thread here); see section 1 for it on the Fashion-MNIST models",
+    "iscam": "not run on EfficientNet-Lite0: 10 Score-CAMs per image (about 20 min per image on "
+             "one thread here); see section 1 for it on the Fashion-MNIST models",
+}
+
+
+def slow_on_efficientnet(name: str, cls: type) -> bool:
+    """Perturbation methods other than Ablation-CAM (which ablates inside the layer hook)."""
+    from captum_cam_ext.registry import method_kind
+
+    return method_kind(cls) == "perturbation" and name != "ablationcam"
 
 
 def real_sets() -> dict:
@@ -124,18 +161,24 @@ def audit_real(progress: bool) -> None:
 
     base = load_efficientnet_lite0()
     blind = blind_efficientnet_lite0(base=base)
-    models = {"blind": (blind, blind.features), "original": (base, base._head_act)}
+    models: Dict[str, Tuple[torch.nn.Module, Any]] = {
+        "blind": (blind, blind.features), "original": (base, base._head_act)}
     sets = real_sets()
     for dataset, pairs in sets.items():
         proof = CACHE / f"blind_real_proof_{dataset}.pt"
         if not proof.is_file():
             torch.save({"blind": vars(check_blind(blind, pairs.images, REAL_HIDDEN)),
                         "original": vars(check_blind(base, pairs.images, REAL_HIDDEN))}, proof)
-    order = sorted(methods().items(), key=lambda kv: kv[0] == "scorecam")  # the slow one last
+    order = sorted(methods().items(), key=lambda kv: slow_on_efficientnet(*kv))  # slow ones last
     for name, cls in order:
+        if name in REAL_EXCLUDED:
+            path = CACHE / f"blind_real_blind_photos-same_{name}.pt"
+            if not path.is_file():
+                torch.save({"skipped": REAL_EXCLUDED[name]}, path)
+            continue
         for dataset, pairs in sets.items():
             images = pairs.images
-            if name == "scorecam":
+            if slow_on_efficientnet(name, cls):
                 if dataset not in SCORECAM_SUBSET:
                     continue
                 images = images[: SCORECAM_SUBSET[dataset]]
@@ -196,6 +239,8 @@ def paper_stats(res: dict, dataset: str, method: str, metric: str = "wall_ratio"
         return {}
     blind = [res[("paper", s, dataset)]["per_image"][method][metric] for s in seeds]
     ctrl = [res[("paper-nowall", s, dataset)]["per_image"][method][metric] for s in seeds]
+    n = min(v.numel() for v in blind + ctrl)  # the slow methods ran on the first N_SLOW images
+    blind, ctrl = [v[:n] for v in blind], [v[:n] for v in ctrl]
     b_means = torch.tensor([float(v.mean()) for v in blind], dtype=torch.float64)
     c_means = torch.tensor([float(v.mean()) for v in ctrl], dtype=torch.float64)
     out = {"seeds": seeds, "blind_seed_means": b_means.tolist(), "control_seed_means": c_means.tolist(),
@@ -253,29 +298,46 @@ def paper_section(res: dict) -> list:
         f"{N_TEST} test images of each seed pooled, [95% CI: Student t over the {len(SEEDS)} seed "
         "means]. Blind − control: the mean paired difference over the same images, per seed, "
         "[95% CI: t over seeds]. Positive mass / images with positive saliency: behind the wall, "
-        "blind model, nearest upsampling (exact per feature cell).",
+        "blind model, nearest upsampling (exact per feature cell). SS-CAM and IS-CAM (35 and 10 "
+        f"Score-CAMs per image) ran on the first {N_SLOW} test images of each seed (blind and "
+        "control on the same images).",
         "",
     ]
+    c56 = (14 / 56) ** 0.5
     for d, mode in DATASETS.items():
-        lines += [f"**{d}** ({mode}{': the STACK setting, two objects of the same class' if mode == 'same' else ''})",
+        stack = mode == "same"
+        lines += [f"**{d}** ({mode}{': the STACK setting, two objects of the same class' if stack else ''}; "
+                  "hidden: the bottom 14 of 56 rows = the paper's bottom 54 of 224)",
                   "",
-                  "| method | wall ratio, blind | wall ratio, no-wall control | blind − control | "
-                  "positive mass behind the wall (blind) | images with positive saliency there |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| method | images per seed | wall ratio, blind | wall ratio, no-wall control | "
+                  "blind − control | positive mass behind the wall (blind) | images with positive "
+                  "saliency there |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        if stack:
+            lines.append(
+                f"| **paper**: Grad-CAM, VGG16 with the dense-mask wall trained on ImageNet, "
+                f"STACK-GEN (authors' notebook), bottom 54 of 224 rows | 100 (one model) | "
+                f"**{PAPER_NUMBER[0]:.2f} ± {PAPER_NUMBER[1]:.2f}** (no interval given) | "
+                f"not reported | - | - | - |")
         for m in methods:
             st = paper_stats(res, d, m)
             if not st:
                 continue
             pm = paper_stats(res, d, m, "positive_mass")
             ap = paper_stats(res, d, m, "any_positive")
+            name = f"**{m}** (ours)" if stack and m == "LayerGradCam" else m
             lines.append(
-                f"| {m} | {_f(st['blind_mean'])} ± {_f(st['blind_std'])} "
+                f"| {name} | {st['n_images']} | {_f(st['blind_mean'])} ± {_f(st['blind_std'])} "
                 f"[{_f(st['blind_ci'][0])}, {_f(st['blind_ci'][1])}] | "
                 f"{_f(st['control_mean'])} ± {_f(st['control_std'])} "
                 f"[{_f(st['control_ci'][0])}, {_f(st['control_ci'][1])}] | "
                 f"{_f(st['diff'])} [{_f(st['diff_ci'][0])}, {_f(st['diff_ci'][1])}] | "
                 f"{_f(pm['blind_mean'])} | {100 * ap['blind_mean']:.1f}% |")
+        lines.append(f"| constant map (reference: sqrt(14/56); the paper's sqrt(54/224) = "
+                     f"{PAPER_CONSTANT:.3f}) | - | {c56:.3f} | {c56:.3f} | 0 | 0.250 | 100% |")
         lines.append("")
+    lines += ["Shapley-CAM equals Grad-CAM on these networks (its second-order term vanishes: "
+              "everything after the CAM layer is piecewise linear).", ""]
     skipped = {m: r for b in res.values() for m, r in b.get("skipped", {}).items()}
     if skipped:
         lines += ["Not applicable to these models (skipped): " + "; ".join(
@@ -313,7 +375,7 @@ def real_stats(real: dict, datasets: list, method: str, metric: str = "wall_rati
     if not b or len(b) != len(c):
         return {}
     bb, cc = _cat(b), _cat(c)
-    out = {"n": int(bb.numel()), "blind_mean": float(bb.mean()),
+    out: Dict[str, Any] = {"n": int(bb.numel()), "blind_mean": float(bb.mean()),
            "blind_std": float(bb.std()) if bb.numel() > 1 else 0.0,
            "control_mean": float(cc.mean()), "control_std": float(cc.std()) if cc.numel() > 1 else 0.0}
     if bb.numel() > 1:
@@ -367,14 +429,19 @@ def real_section(real: dict) -> list:
             ci = st.get("blind_ci", (float("nan"),) * 2)
             dci = st.get("diff_ci", (float("nan"),) * 2)
             lines.append(
-                f"| {m} | {st['n']} | {_f(st['blind_mean'])} ± {_f(st['blind_std'])} "
+                f"| {_display(m)} | {st['n']} | {_f(st['blind_mean'])} ± {_f(st['blind_std'])} "
                 f"[{_f(ci[0])}, {_f(ci[1])}] | {_f(st['control_mean'])} ± {_f(st['control_std'])} | "
                 f"{_f(st.get('diff', float('nan')))} [{_f(dci[0])}, {_f(dci[1])}] | "
                 f"{_f(pm['blind_mean'])} | {100 * ap['blind_mean']:.1f}% |")
         lines.append("")
+    lines += ["Equal rows are identities, not coincidences: Guided Grad-CAM is Grad-CAM here (the "
+              "guided rule acts on the ReLUs between the CAM layer and the logits, and "
+              "EfficientNet-Lite0 has none after `_head_act`); GAP-CAM is Grad-CAM up to a "
+              "constant factor on a global-average-pooled linear head; Shapley-CAM's second-order "
+              "term vanishes on a linear head.", ""]
     if real.get("skipped"):
-        lines += ["Not applicable to these models (skipped): " + "; ".join(
-            f"{k} ({v})" for k, v in real["skipped"].items()) + ".", ""]
+        lines += ["Not in these tables: " + "; ".join(
+            f"{_display(k)} ({v})" for k, v in real["skipped"].items()) + ".", ""]
     return lines
 
 
@@ -424,6 +491,15 @@ def summary_lines(res: dict, real: dict, half: dict) -> list:
             f"| ours, half wall (section 3) | {kind} | stacked Fashion-MNIST D2, 1000 images, 1 "
             f"seed | bottom 28 of 56 | {mean:.2f} ± {std:.2f} | - | {0.5 ** 0.5:.3f} |")
     return lines
+
+
+def _display(name: str) -> str:
+    """The class name of a registered method (the tables' spelling)."""
+    import captum_cam_ext.attr  # noqa: F401
+    from captum_cam_ext.registry import methods
+
+    cls = methods().get(name)
+    return cls.__name__ if cls is not None else name
 
 
 def _registry_order() -> list:
