@@ -522,6 +522,14 @@ class Context:
     batches: List[int]
     log: List[str] = field(default_factory=list)
 
+    def arch_batches(self, arch: str) -> List[int]:
+        """The batch sizes timed on ``arch``: all of ``--batches``, or batch 1 only for an architecture
+        left out of ``--big-batch-archs`` (a subsampled run)."""
+        big = self.args.big_batch_archs
+        if big is None or arch in big.split(","):
+            return list(self.batches)
+        return [b for b in self.batches if b == 1] or [min(self.batches)]
+
     def path(self, *parts: str) -> str:
         p = os.path.join(self.cache, *parts)
         os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -535,7 +543,8 @@ class Context:
             return json.load(f)
 
     def store(self, name: str, payload: Dict[str, Any]) -> None:
-        payload = dict(payload, stored=datetime.datetime.now().isoformat(timespec="seconds"))
+        payload = dict(payload, stored=datetime.datetime.now().isoformat(timespec="seconds"),
+                       torch_threads=torch.get_num_threads())
         tmp = self.path(name) + ".tmp"
         with open(tmp, "w") as f:
             json.dump(payload, f, indent=1)
@@ -553,6 +562,8 @@ class Context:
 def stage_grad(ctx: Context) -> None:
     for batch in ctx.batches:
         for arch in ctx.archs:
+            if batch not in ctx.arch_batches(arch):
+                continue
             name = f"grad_{arch}_b{batch}.json"
             if ctx.cached(name) is not None:
                 continue
@@ -645,6 +656,8 @@ def memory_labels(grad_cell: Dict[str, Any], which: str) -> List[str]:
     meta = grad_cell["entries"]
     if which == "gradcam":
         return [k for k in labels if meta[k]["method"] == "gradcam" and meta[k]["family"] in ("ours", "captum")]
+    if which == "peers":  # the forward and every implementation's Grad-CAM
+        return [k for k in labels if meta[k]["family"] == "baseline" or meta[k]["method"] == "gradcam"]
     return [k for k in labels if meta[k]["family"] in ("baseline", "ours") or meta[k]["method"] == "gradcam"]
 
 
@@ -652,10 +665,10 @@ QUICK_MEMORY_ARCHS = ("resnet50", "efficientnet_lite0")
 
 
 def stage_memory(ctx: Context) -> None:
-    batch = max(ctx.batches)
     for arch in ctx.archs:
         if ctx.args.quick and arch not in QUICK_MEMORY_ARCHS:
             continue
+        batch = max(ctx.arch_batches(arch))
         grad = ctx.cached(f"grad_{arch}_b{batch}.json")
         if grad is None:
             ctx.say(f"memory {arch}: no grad cell for batch {batch} (run the grad stage first); skipped")
@@ -1077,6 +1090,7 @@ class ArchSummary:
     multi: Dict[int, float] = field(default_factory=dict)
     our_mem: Optional[float] = None
     captum_mem: Optional[float] = None
+    mem_batch: int = 1
 
 
 def report_arch(ctx: Context, arch: str, raw: Dict[str, Any]) -> Tuple[List[str], Optional[ArchSummary]]:
@@ -1086,7 +1100,7 @@ def report_arch(ctx: Context, arch: str, raw: Dict[str, Any]) -> Tuple[List[str]
     cells = {b: ctx.cached(f"grad_{arch}_b{b}.json") for b in ctx.batches}
     if not any(cells.values()):
         return [], None
-    mb = max(ctx.batches)
+    mb = max(b for b, c in cells.items() if c)
     mem = ctx.cached(f"memory_{arch}_b{mb}.json") or {"peak_mib": {}, "errors": {}}
     raw["grad"][arch], raw["memory"][arch] = cells, mem
     present = [c for c in cells.values() if c]
@@ -1103,7 +1117,7 @@ def report_arch(ctx: Context, arch: str, raw: Dict[str, Any]) -> Tuple[List[str]
         head += [f"b{b} ours", "Captum", "pytorch-grad-cam", "torchcam"]
     head += [f"MiB b{mb}: ours", "Captum", "pytorch-grad-cam", "torchcam"]
     in_cells = {meta["method"] for c in present for meta in c["entries"].values()}
-    summary = ArchSummary(arch)
+    summary = ArchSummary(arch, mem_batch=mb)
     grad_names = gradient_methods()
     rows = []
     for m in ["forward", *[m for m in methods() if m in in_cells], MULTICAM]:
@@ -1145,9 +1159,8 @@ def report_arch(ctx: Context, arch: str, raw: Dict[str, Any]) -> Tuple[List[str]
 
 
 def report_goals(ctx: Context, summaries: List[ArchSummary]) -> List[str]:
-    mb = max(ctx.batches)
     head = ["architecture", *(f"worst gradient CAM b{b}" for b in ctx.batches)]
-    head += [*(f"MultiCam b{b}" for b in ctx.batches), f"Grad-CAM MiB / Captum's (b{mb})"]
+    head += [*(f"MultiCam b{b}" for b in ctx.batches), "Grad-CAM MiB / Captum's (batch)"]
     rows = []
     for sm in summaries:
         cols = [sm.arch]
@@ -1156,13 +1169,14 @@ def report_goals(ctx: Context, summaries: List[ArchSummary]) -> List[str]:
                 r, m = sm.worst[b]
                 cols.append(f"{r:.2f}× ({m}) {'met' if r <= 1.10 else '**not met**'}")
             else:
-                cols.append("—")
+                cols.append("not run")
         for b in ctx.batches:
             mr = sm.multi.get(b)
-            cols.append("—" if mr is None else f"{mr:.2f}× {'met' if mr <= 1.25 else '**not met**'}")
+            cols.append("not run" if mr is None else f"{mr:.2f}× {'met' if mr <= 1.25 else '**not met**'}")
         if sm.our_mem is not None and sm.captum_mem:
             q = sm.our_mem / sm.captum_mem
-            cols.append(f"{sm.our_mem:.0f} / {sm.captum_mem:.0f} = {q:.2f} {'met' if q <= 0.5 else '**not met**'}")
+            cols.append(f"{sm.our_mem:.0f} / {sm.captum_mem:.0f} = {q:.2f} (b{sm.mem_batch}) "
+                        f"{'met' if q <= 0.5 else '**not met**'}")
         else:
             cols.append("—")
         rows.append(cols)
@@ -1381,7 +1395,7 @@ def plot_scaling(ev: Dict[str, Any], path: str) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="batch 1, 2 runs, no composite methods, memory on 2 architectures, Score-/Ablation-CAM on "
+                   help="batch 1, 1 run, no composite methods, memory on 2 architectures, Score-/Ablation-CAM on "
                         "2 small layers once, 100 images (< 5 minutes on a quiet 2-core machine)")
     p.add_argument("--stages", default=None,
                    help=f"comma-separated subset of {','.join(STAGES)} (default all; quick: all but tune)")
@@ -1396,15 +1410,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--all-perturbation-methods", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the registry's other perturbation methods (sampled Score-CAMs: tens of "
                         "Score-CAMs each) on the small layers, once")
-    p.add_argument("--memory-entries", choices=("gradcam", "core", "all"), default=None,
+    p.add_argument("--big-batch-archs", default=None,
+                   help="comma-separated architectures timed at every batch size of --batches; the others at "
+                        "batch 1 only (default: all)")
+    p.add_argument("--memory-entries", choices=("gradcam", "peers", "core", "all"), default=None,
                    help="core: the forward, ours and every peer's Grad-CAM (default); all: every entry; "
-                        "gradcam: ours and Captum's Grad-CAM (quick)")
+                        "peers: the forward and every implementation's Grad-CAM; gradcam: ours and Captum's "
+                        "Grad-CAM (quick)")
     p.add_argument("--tune-sizes", default="8,16,32,64")
     p.add_argument("--tune-copies", type=int, default=32)
     p.add_argument("--eval-images", type=int, default=None, help="default 2000 (quick 200)")
     p.add_argument("--quantus-images", type=int, default=None, help="default 500 (quick 100)")
     p.add_argument("--causal-steps", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the 2-core machine is shared; the ratios are paired)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-load", type=float, default=0.6, help="wait for a load average below this before a cell")
     p.add_argument("--max-wait", type=float, default=0.0, help="seconds to wait for it (0: do not wait)")
@@ -1417,7 +1436,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.batches = a.batches or ("1" if a.quick else "1,8")
     a.stages = a.stages or ",".join(x for x in STAGES if not (a.quick and x == "tune"))
-    a.repeats = a.repeats or (2 if a.quick else 3)
+    a.repeats = a.repeats or (1 if a.quick else 3)
     a.memory_entries = a.memory_entries or ("gradcam" if a.quick else "core")
     a.eval_images = a.eval_images or (100 if a.quick else 2000)
     a.quantus_images = a.quantus_images or (100 if a.quick else 500)
