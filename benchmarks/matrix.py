@@ -1515,7 +1515,8 @@ def report(ctx: Context) -> str:
         "",
         ("Clock: **CPU time of the timing thread** (`time.thread_time`; with one torch thread every kernel, autograd's "
          "CPU backward included, runs in that thread), so the time other jobs take from the shared cores is not "
-         "counted (the perturbation cells keep their wall times too, in the json). Machine load does still leak in through shared caches and "
+         "counted (the perturbation cells keep their wall times too, in the json). Machine load does still "
+         "leak in through shared caches and "
          "memory bandwidth: the noise column of the goals table measures how much."
          if CLOCK is time.thread_time else "Clock: wall time (`time.perf_counter`)."),
         "",
