@@ -105,6 +105,38 @@ def test_full_grad_uses_every_bias_and_leaves_the_model_as_found(nets, x, count_
     torch.testing.assert_close(effective_bias(bn), torch.full((2,), expected, dtype=torch.float32))
 
 
+class _TiledTrunk(nn.Module):
+    """One conv run separately on the top and bottom halves (a trunk on tiles)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[2] // 2
+        top, bottom = self.conv(x[:, :, :h]), self.conv(x[:, :, h:])
+        return self.head(torch.cat([top.mean((2, 3)), bottom.mean((2, 3))], dim=1))
+
+
+def test_full_grad_warns_once_when_a_bias_layer_runs_on_parts_of_the_input():
+    torch.manual_seed(0)
+    model = _TiledTrunk().eval()
+    fg = cce.FullGrad(model)
+    x = torch.randn(2, 3, 8, 6)
+    with pytest.warns(UserWarning, match=r"conv \(2 calls\)") as caught:
+        fg.attribute(x, target=1)
+    assert sum("FullGrad" in str(w.message) for w in caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fg.attribute(x, target=1)  # once per instance
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    net(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cce.FullGrad(net.eval()).attribute(x, target=0)  # each bias layer once: no warning
+
+
 # --------------------------------------------------------------------------------------------- LeGrad
 
 

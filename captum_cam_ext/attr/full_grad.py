@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
@@ -104,6 +105,7 @@ class FullGrad(GradientAttribution):
         self.model = forward_func
         self.layers = bias_layers(forward_func)
         self.layer_names = [module_path(forward_func, m) for m in self.layers]
+        self._warned_reused = False
 
     @log_usage()
     def attribute(  # type: ignore[override]
@@ -183,6 +185,7 @@ class FullGrad(GradientAttribution):
                 outputs = run_forward(self.model, (x,) + tuple(inputs[1:]), args)
             scores = select_target_scores(outputs, target)
             calls = [(i, v) for i in range(len(self.layers)) for v in rec.captured[i] if isinstance(v, Tensor)]
+            self._warn_reused_layers([len(c) for c in rec.captured])
             grads = torch.autograd.grad(scores.sum(), [x] + [v for _, v in calls], allow_unused=True)
         if grads[0] is None:
             raise ValueError("the target score does not depend on inputs[0]; FullGrad needs its gradient")
@@ -195,6 +198,20 @@ class FullGrad(GradientAttribution):
             b = biases[i].to(g.device, dtype).reshape(1, -1, *([1] * (g.dim() - 2)))
             total = total + self.channel_sum((b * g.detach().to(dtype)).abs(), size, interpolate_mode)
         return total.to(x.dtype)
+
+    def _warn_reused_layers(self, counts: List[int]) -> None:
+        reused = [f"{self.layer_names[i]} ({c} calls)" for i, c in enumerate(counts) if c > 1]
+        if reused and not self._warned_reused:
+            self._warned_reused = True
+            warnings.warn(
+                f"FullGrad: {len(reused)} bias layer(s) ran more than once in one forward pass ("
+                + ", ".join(reused[:3]) + (", ..." if len(reused) > 3 else "")
+                + "). Every call's bias-gradient map is resized to the whole input and added, as in "
+                "pytorch-grad-cam; if the calls see different parts of the input (a trunk run on crops "
+                "or tiles), those maps land in the wrong place and the sum is not a spatial map of the input.",
+                UserWarning,
+                stacklevel=5,
+            )
 
     @staticmethod
     def channel_sum(maps: Tensor, size: Tuple[int, ...], interpolate_mode: str) -> Tensor:
