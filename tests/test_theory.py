@@ -250,10 +250,26 @@ def test_monte_carlo_runs_every_cam_and_is_reproducible():
         r2 = an.monte_carlo(x, 40, seed=5, method=cls, batch=16)
         assert torch.equal(r1.mean, r2.mean) and r1.expected is None and r1.z is None
         assert r1.mean.shape == (4, 4) and bool(torch.isfinite(r1.stderr).all())
-    # chunking does not change the draws' statistics beyond float rounding
-    a = an.monte_carlo(x, 64, seed=2, batch=64)
-    b = an.monte_carlo(x, 64, seed=2, batch=64)
-    assert torch.equal(a.mean, b.mean)
+    # the running moments do not depend on how the draws are chunked (same draws, any split)
+    from captum_cam_ext.theory.monte_carlo import MapMoments
+
+    draws = torch.randn(50, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    masked = torch.zeros(4, 4, dtype=torch.bool)
+    masked[2:] = True
+    whole, parts = MapMoments(masked), MapMoments(masked)
+    whole.add(draws)
+    for chunk in draws.split(7):
+        parts.add(chunk)
+    r_whole, r_parts = whole.result("m", 50), parts.result("m", 50)
+    torch.testing.assert_close(r_parts.mean, r_whole.mean)
+    torch.testing.assert_close(r_parts.stderr, r_whole.stderr)
+    torch.testing.assert_close(r_whole.mean, draws.mean(0))
+    torch.testing.assert_close(r_whole.stderr, draws.std(0) / math.sqrt(50))
+    # another chunk size draws other networks: both estimates agree within their standard errors
+    a = an.monte_carlo(x, 400, seed=2, batch=400)
+    b = an.monte_carlo(x, 400, seed=2, batch=64)
+    assert not torch.equal(a.mean, b.mean)
+    assert bool(((a.mean - b.mean).abs() <= 5 * (a.stderr**2 + b.stderr**2).sqrt() + 1e-12).all())
 
 
 def test_bad_shapes_raise_clear_errors():
