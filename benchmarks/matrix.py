@@ -1083,6 +1083,8 @@ def profile_entries(s: Setup) -> Dict[str, Entry]:
             out = s.model(s.x)
         return out.detach()
 
+    clone = [False]  # a model that changes the layer's output in place (DenseNet's F.relu(inplace=True))
+
     def trimmed_floor() -> Any:
         acts: List[Tensor] = []
 
@@ -1090,7 +1092,7 @@ def profile_entries(s: Setup) -> Dict[str, Entry]:
             torch.set_grad_enabled(True)
             leaf = out.detach().requires_grad_(True)
             acts.append(leaf)
-            return leaf
+            return leaf.clone() if clone[0] else leaf
 
         handle = s.layer.register_forward_hook(hook)
         try:
@@ -1098,9 +1100,14 @@ def profile_entries(s: Setup) -> Dict[str, Entry]:
                 out = s.model(s.x)
                 torch.set_grad_enabled(True)
                 (grad,) = torch.autograd.grad(out[index, target].sum(), acts[-1])
+            return grad
+        except RuntimeError as exc:
+            if clone[0] or "in-place" not in str(exc):
+                raise
+            clone[0] = True  # a clone of the leaf from now on (one copy of the layer's output)
         finally:
             handle.remove()
-        return grad
+        return trimmed_floor()
 
     entries = {
         "forward (no grad)": Entry("forward (no grad)", "baseline", "forward", no_grad),
