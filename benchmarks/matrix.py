@@ -1293,7 +1293,7 @@ def report_goals(ctx: Context, summaries: List[ArchSummary]) -> List[str]:
             _, cap = lookup(cell, "captum", "gradcam", "ratios")
             gc_text = "—" if gc_ratio is None else "fails"
             if gc_ratio is not None and spread:
-                gc_text = f"{gc_ratio:.2f}× [{min(spread):.2f}–{max(spread):.2f}] {verdict(gc_ratio, 1.10)}"
+                gc_text = f"{gc_ratio:.3f}× [{min(spread):.2f}–{max(spread):.2f}] {verdict(gc_ratio, 1.10)}"
             worst = sm.worst.get(b)
             mr = sm.multi.get(b)
             mem = "—"
@@ -1306,9 +1306,9 @@ def report_goals(ctx: Context, summaries: List[ArchSummary]) -> List[str]:
             )  # fmt: skip
             rows.append([
                 sm.arch, str(b), f"{lo:.2f}–{hi:.2f}", gc_text, "—" if cap is None else f"{cap:.2f}×",
-                "—" if worst is None else f"{worst[0]:.2f}× ({worst[1]}) {verdict(worst[0], 1.10)}",
+                "—" if worst is None else f"{worst[0]:.3f}× ({worst[1]}) {verdict(worst[0], 1.10)}",
                 f"{n_over} of {len(grad_names)}",
-                "not run" if mr is None else f"{mr:.2f}× {verdict(mr, 1.25)}", mem,
+                "not run" if mr is None else f"{mr:.3f}× {verdict(mr, 1.25)}", mem,
             ])  # fmt: skip
     head = ["architecture", "batch", "noise: forward / forward (95% range)", "ours Grad-CAM [min–max of runs]",
             "Captum Grad-CAM", "worst gradient CAM", "gradient CAMs > 1.10×", "MultiCam (5)",
