@@ -34,7 +34,7 @@ from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_cam_ext._hooks import LayerRecorder, module_path, preserved_state
+from captum_cam_ext._hooks import LayerRecorder, has_training_module, module_path, preserved_state
 from captum_cam_ext._inputs import TensorOrTuple, format_inputs, repeat_args, run_forward, slice_args
 from captum_cam_ext._linalg import first_component_projection
 from captum_cam_ext._maps import check_interpolate_mode, normalize_maps, upsample_maps
@@ -381,6 +381,7 @@ class CamAttribution(LayerAttribution):
         rule: str,
         with_gradients: Optional[bool] = None,
         grad_kwargs: Optional[Dict[str, Any]] = None,
+        training: Optional[bool] = None,
     ) -> LayerRecord:
         grads_wanted = self.uses_gradients if with_gradients is None else bool(with_gradients)
         n = inputs[0].shape[0]
@@ -396,7 +397,8 @@ class CamAttribution(LayerAttribution):
         gradients: List[List[Tensor]] = []
         graph_gradients: List[List[Tensor]] = []
         flat_roots: List[Tensor] = []
-        with preserved_state(self.forward_func), self._guided_context(rule if grads_wanted else "standard"), grad_ctx:
+        state = preserved_state(self.forward_func, training)
+        with state, self._guided_context(rule if grads_wanted else "standard"), grad_ctx:
             with rec:
                 outputs = run_forward(self.forward_func, inputs, args)
             raw = [rec.value(i, self.layer_call, self.device_ids) for i in range(len(self.layers))]
@@ -492,8 +494,9 @@ class CamAttribution(LayerAttribution):
         rule: str,
         grad_kwargs: Optional[Dict[str, Any]] = None,
     ) -> List[List[CamDetails]]:
-        record = self._record(inputs, args, targets, to_input, rule, grad_kwargs=grad_kwargs)
-        with preserved_state(self.forward_func):
+        training = has_training_module(self.forward_func)  # one scan of the modules per call
+        record = self._record(inputs, args, targets, to_input, rule, grad_kwargs=grad_kwargs, training=training)
+        with preserved_state(self.forward_func, training):
             weights = self.layer_weights(record, inputs, args, to_input)
         return self._details(record, weights)
 
@@ -607,6 +610,9 @@ class CamAttribution(LayerAttribution):
     def _check_inputs_match_model(self, inputs: Tuple[Tensor, ...]) -> None:
         if not isinstance(self.forward_func, nn.Module):
             return
+        first = next((p for p in self.forward_func.parameters() if p.is_floating_point()), None)
+        if first is None or all(x.dtype == first.dtype for x in inputs):
+            return  # the usual case, without a pass over every parameter on each call
         dtypes = {p.dtype for p in self.forward_func.parameters() if p.is_floating_point()}
         if len(dtypes) == 1:
             (dtype,) = dtypes

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerRecorder", "group_by_device", "module_path", "preserved_state"]
+__all__ = ["LayerRecorder", "group_by_device", "has_training_module", "module_path", "preserved_state"]
 
 
 def module_path(model: Any, module: nn.Module) -> str:
@@ -21,14 +21,17 @@ def module_path(model: Any, module: nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def preserved_state(model: Any) -> Iterator[None]:
+def preserved_state(model: Any, training: Optional[bool] = None) -> Iterator[None]:
     """Restore every buffer of ``model`` (e.g. BatchNorm running statistics) after the block.
 
     Forward passes of a model in ``train()`` mode update its BatchNorm running statistics; a CAM
     must leave the model as it found it. Only models with a submodule in training mode are
-    snapshotted (in eval mode nothing changes buffers).
+    snapshotted (in eval mode nothing changes buffers). ``training``: the result of
+    :func:`has_training_module` when the caller already has it (one scan of the modules per call).
     """
-    if not isinstance(model, nn.Module) or not any(m.training for m in model.modules()):
+    if training is None:
+        training = has_training_module(model)
+    if not training:
         yield
         return
     saved = [(b, b.detach().clone()) for b in model.buffers()]
@@ -38,6 +41,11 @@ def preserved_state(model: Any) -> Iterator[None]:
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
+
+
+def has_training_module(model: Any) -> bool:
+    """Whether ``model`` is an ``nn.Module`` with any submodule in ``train()`` mode."""
+    return isinstance(model, nn.Module) and any(m.training for m in model.modules())
 
 
 def group_by_device(entries: Sequence[Tuple[Any, Tensor]], device_order: Sequence[Any], call: int) -> List[Tensor]:
