@@ -22,6 +22,7 @@ from captum_cam_ext.attr.perturbation import (
     PerturbationCamAttribution,
     check_batch_size,
     clear_tuned_chunk_sizes,
+    measuring_clock,
     tuned_chunk_sizes,
 )
 
@@ -280,3 +281,21 @@ def test_score_cam_maps_are_the_same_with_and_without_folding():
     want = plain.attribute(x, target=2)
     assert plain.last_run["folded"] == 0
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_chunk_size_search_times_cpu_work_with_the_threads_cpu_time_when_torch_uses_one_thread():
+    import time
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        clock = measuring_clock(torch.device("cpu"))
+        assert clock is time.thread_time
+        t0 = clock()
+        time.sleep(0.05)  # waiting (another process holding the core) costs no CPU time
+        assert clock() - t0 < 0.02
+        torch.set_num_threads(2)
+        assert measuring_clock(torch.device("cpu")) is time.perf_counter  # worker threads: wall time
+    finally:
+        torch.set_num_threads(threads)
+    assert measuring_clock(torch.device("cuda")) is time.perf_counter

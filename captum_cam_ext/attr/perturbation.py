@@ -48,6 +48,7 @@ from captum_cam_ext._engine import (
 
 __all__ = [
     "AUTO",
+    "measuring_clock",
     "BatchSize",
     "FoldedForward",
     "PerturbationCamAttribution",
@@ -62,6 +63,19 @@ __all__ = [
 
 #: ``batch_size="auto"``: the chunk size is measured once per model (see the module docstring).
 AUTO = "auto"
+
+
+def measuring_clock(device: torch.device) -> Callable[[], float]:
+    """The timer for choosing a chunk size on ``device``.
+
+    On a CPU with one torch thread every kernel runs on the calling thread, so its CPU time
+    (:func:`time.thread_time`) measures the work alone: other processes on a shared machine do not
+    make one candidate size look slower than another, as they do with wall time. With several
+    threads, or on a GPU, wall time (:func:`time.perf_counter`).
+    """
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
 BatchSize = Union[int, str]
 #: The chunk size used by methods that do not measure, when ``batch_size="auto"`` is given.
 AUTO_FALLBACK = 32
@@ -291,8 +305,9 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
     #: Candidate chunk sizes tried by ``batch_size="auto"`` (in order; see :meth:`run_chunks`).
     auto_candidates_cpu: Tuple[int, ...] = (8, 16, 32, 64)
     auto_candidates_cuda: Tuple[int, ...] = (16, 32, 64, 128, 256)
-    #: The timer ``batch_size="auto"`` measures chunks with.
-    clock: Callable[[], float] = time.perf_counter
+    #: The timer ``batch_size="auto"`` measures chunks with; None: :func:`measuring_clock` (the
+    #: calling thread's CPU time where torch computes on that thread alone, else wall time).
+    clock: Optional[Callable[[], float]] = None
 
     def __init__(
         self,
@@ -492,7 +507,7 @@ class PerturbationCamAttribution(CamAttribution, PerturbationAttribution):
         if size is None:
             default = self.auto_candidates_cuda if device.type == "cuda" else self.auto_candidates_cpu
             sizes = [b for b in (candidates or default) if max_size is None or b <= max_size] or [max(1, max_size or 1)]
-            best, pos, parts, complete = self._measure(count, run, device, sizes, self.clock)
+            best, pos, parts, complete = self._measure(count, run, device, sizes, self.clock or measuring_clock(device))
             if best is not None and complete:
                 cache[key] = best
                 self.last_run["measured"] = True
