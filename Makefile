@@ -53,8 +53,10 @@ docs: install
 gallery: install
 	$(VPY) docs/make_gallery.py
 
+# make bench: the quick matrix (< 5 min); make bench BENCH_ARGS= for the full one (see benchmarks/results/matrix.md)
+BENCH_ARGS ?= --quick
 bench: install fashion-mnist
-	$(VPY) benchmarks/cam_speed.py
+	$(VPY) benchmarks/matrix.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out docs/_build
