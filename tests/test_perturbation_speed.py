@@ -246,7 +246,7 @@ def test_folded_forward_checks_the_copy_and_drops_a_wrong_one():
     torch.manual_seed(12)
     good = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     bad = nn.Sequential(StandardizedConv(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
-    x = torch.randn(2, 3, 5, 5)
+    x = torch.randn(6, 3, 5, 5)
     for model, kept in ((good, True), (bad, False)):
         with torch.no_grad():
             model(x)  # materialise the lazy layer
@@ -257,12 +257,23 @@ def test_folded_forward_checks_the_copy_and_drops_a_wrong_one():
         model.eval()
         fwd = FoldedForward(model)
         assert fwd.folds == 1
-        with torch.no_grad():
-            expect = model(x)
-            first = fwd((x,), None)  # checked against the model, the model's output is returned
-            assert torch.equal(first, expect)
-            assert (fwd.folded is not None) is kept
-            torch.testing.assert_close(fwd((x,), None), expect, rtol=1e-5, atol=1e-6)
+        seen: List[int] = []
+        handle = model.register_forward_pre_hook(lambda m, inp, seen=seen: seen.append(inp[0].shape[0]))
+        try:
+            with torch.no_grad():
+                expect = model(x)
+                seen.clear()
+                first = fwd((x,), None)  # the copy on the chunk, the model on its first examples
+                assert (fwd.folded is not None) is kept
+                if kept:
+                    assert seen == [FoldedForward.check_examples]  # not a second pass over the chunk
+                    torch.testing.assert_close(first, expect, rtol=1e-5, atol=1e-6)
+                else:
+                    assert seen == [FoldedForward.check_examples, 6]  # a wrong copy: the model's own output
+                    assert torch.equal(first, expect)
+                torch.testing.assert_close(fwd((x,), None), expect, rtol=1e-5, atol=1e-6)
+        finally:
+            handle.remove()
 
 
 def test_score_cam_maps_are_the_same_with_and_without_folding():
