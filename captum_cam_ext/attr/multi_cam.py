@@ -109,7 +109,7 @@ class MultiCam(GradientCamAttribution):
 
     def _maps_fn(self, eigen_smooth: bool) -> Callable[..., Dict[str, List[Tensor]]]:
         def maps(tup: Any, args: Any, target: TargetSpec, to_input: bool, rule: str) -> Dict[str, List[Tensor]]:
-            return self._maps_of(self._record(tup, args, [target], to_input, rule, with_gradients=True), eigen_smooth)
+            return self._maps_of(self.record(tup, [target], args, to_input, rule, with_gradients=True), eigen_smooth)
 
         return maps
 
